@@ -1,0 +1,54 @@
+"""`magvit`: the project's command line. Each command is one pipeline step."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stages.gx_suite import ValidationFailed
+from stages.params import ParamsError
+
+# command -> (module whose main() runs it, one-line help)
+COMMANDS = {
+    "corpus": (
+        "stages.corpus",
+        "materialise data/raw/ and its manifest (embedded corpus or corpus.source)",
+    ),
+    "decode": ("stages.decode", "decode the manifest's videos and images into Parquet clip shards"),
+    "validate-clips": (
+        "stages.validate_clips",
+        "run the Great Expectations suite over the clip shards",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="magvit",
+        description="MAGVIT-v2 pipeline commands. Each reads params.yaml (see --params) and "
+        "writes the outputs that dvc.yaml declares; `dvc repro` runs them in order.",
+        epilog="Run `magvit COMMAND --help` for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])  # prints help, or the error for an unknown command
+        return
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    sys.argv = [f"magvit {argv[0]}", *argv[1:]]  # so the command's --help names itself
+    try:
+        module.main(argv[1:])
+    except (ParamsError, ValidationFailed) as error:
+        raise SystemExit(f"magvit {argv[0]}: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Stage `decode`: every manifest entry -> fixed-size clips in Parquet shards.
+
+Files are decoded in parallel Ray tasks (a local instance, or the cluster in RAY_ADDRESS);
+the driver gathers their clips in manifest order and writes the shards, so output is
+deterministic and no worker needs a shared filesystem. A file that cannot become clips is
+recorded in `data/clips/rejects.parquet` and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+from tqdm import tqdm
+
+from stages.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, write_table_atomic
+from stages.logs import configure_logging
+from stages.manifest import SPLITS, ManifestEntry, read_manifest
+from stages.params import DecodeParams, load_params
+from stages.ray_runtime import init_ray
+from stages.video_decode import ClipSpec, RejectedInput, clip_starts, decode_file
+
+log = logging.getLogger("decode")
+MANIFEST = Path("data/raw/manifest.csv")
+CLIPS_DIR = Path("data/clips")
+METRICS = Path("artifacts/metrics/decode.json")
+
+
+def clip_spec(params: DecodeParams) -> ClipSpec:
+    return ClipSpec(
+        fps=params.fps,
+        resize_short_side=params.resize_short_side,
+        crop_size=params.crop_size,
+        num_frames=params.num_frames,
+        stride=params.stride,
+        max_clips=params.max_clips_per_video,
+    )
+
+
+@dataclass
+class FileResult:
+    source: str
+    split: str
+    table: pa.Table | None = None
+    source_frames: int = 0
+    reject: dict | None = None
+
+
+def clips_from_entry(entry: ManifestEntry, spec: ClipSpec) -> FileResult:
+    """Decode one manifest entry into a table of clips, or a reject record."""
+    try:
+        decoded = decode_file(Path(entry.path), spec)
+    except RejectedInput as error:
+        return FileResult(
+            entry.path, entry.split, reject=_reject(entry.path, error.error_type, str(error))
+        )
+    except Exception as error:  # noqa: BLE001 - one odd file must not stop the corpus
+        return FileResult(
+            entry.path, entry.split, reject=_reject(entry.path, type(error).__name__, str(error))
+        )
+    length = 1 if decoded.is_image else spec.num_frames
+    starts = [0] if decoded.is_image else clip_starts(len(decoded.frames), spec)
+    rows = [
+        {
+            "clip_id": f"{entry.video_id}:{start}",
+            "video_id": entry.video_id,
+            "source": entry.path,
+            "split": entry.split,
+            "label": entry.label,
+            "start_frame": start,
+            "num_frames": length,
+            "height": spec.crop_size,
+            "width": spec.crop_size,
+            "fps": decoded.fps,
+            "frames": decoded.frames[start : start + length].tobytes(),
+        }
+        for start in starts
+    ]
+    table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
+    return FileResult(entry.path, entry.split, table=table, source_frames=decoded.source_frames)
+
+
+def _reject(source: str, error_type: str, message: str) -> dict:
+    return {"source": source, "stage": "decode", "error_type": error_type, "message": message}
+
+
+_clips_from_entry_task = ray.remote(num_cpus=1)(clips_from_entry)
+
+
+def decode_in_order(
+    entries: list[ManifestEntry], spec: ClipSpec, workers: int
+) -> Iterator[FileResult]:
+    """Run `clips_from_entry` as Ray tasks, `workers` at a time, yielding in manifest order.
+
+    Results that finish early wait in `done` until every earlier entry has been yielded.
+    """
+    spec_ref = ray.put(spec)
+    running: dict = {}  # ObjectRef -> index in entries
+    done: dict[int, FileResult] = {}
+    submitted = emitted = 0
+    while emitted < len(entries):
+        while submitted < len(entries) and len(running) < workers:
+            running[_clips_from_entry_task.remote(entries[submitted], spec_ref)] = submitted
+            submitted += 1
+        (ready,), _ = ray.wait(list(running), num_returns=1)
+        done[running.pop(ready)] = ray.get(ready)
+        while emitted in done:
+            yield done.pop(emitted)
+            emitted += 1
+
+
+@dataclass
+class ShardWriter:
+    """Buffers clips per split and writes `part-NNNNN.parquet` shards of a fixed row count."""
+
+    out_dir: Path
+    rows_per_shard: int
+    buffers: dict[str, list[pa.Table]] = field(default_factory=dict)
+    shard_counts: dict[str, int] = field(default_factory=dict)
+    clip_counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, split: str, table: pa.Table) -> None:
+        self.buffers.setdefault(split, []).append(table)
+        self.clip_counts[split] = self.clip_counts.get(split, 0) + table.num_rows
+        if sum(t.num_rows for t in self.buffers[split]) >= self.rows_per_shard:
+            self._flush(split, final=False)
+
+    def close(self) -> None:
+        for split in list(self.buffers):
+            self._flush(split, final=True)
+
+    def _flush(self, split: str, final: bool) -> None:
+        table = pa.concat_tables(self.buffers.pop(split, []))
+        while table.num_rows >= self.rows_per_shard or (final and table.num_rows):
+            self._write(split, table.slice(0, self.rows_per_shard))
+            table = table.slice(self.rows_per_shard)
+        if table.num_rows:
+            self.buffers[split] = [table]
+
+    def _write(self, split: str, table: pa.Table) -> None:
+        index = self.shard_counts.get(split, 0)
+        write_table_atomic(table, self.out_dir / split / f"part-{index:05d}.parquet")
+        self.shard_counts[split] = index + 1
+
+
+def run_decode(
+    entries: list[ManifestEntry], params: DecodeParams, out_dir: Path = CLIPS_DIR
+) -> dict:
+    """Decode `entries` into shards under `out_dir`; return the metrics."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    init_ray(num_cpus=params.workers)
+    spec = clip_spec(params)
+    writer = ShardWriter(out_dir, params.clips_per_shard)
+    rejects: list[dict] = []
+    source_frames = clip_frames = 0
+    started = time.perf_counter()
+    progress = tqdm(decode_in_order(entries, spec, params.workers), total=len(entries), unit="file")
+    for result in progress:
+        if result.reject:
+            rejects.append(result.reject)
+            log.warning("rejected %s: %s", result.source, result.reject["message"])
+            continue
+        writer.add(result.split, result.table)
+        source_frames += result.source_frames
+        clip_frames += sum(result.table["num_frames"].to_pylist())
+    writer.close()
+    seconds = time.perf_counter() - started
+    write_table_atomic(
+        pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), out_dir / "rejects.parquet"
+    )
+    clips = sum(writer.clip_counts.values())
+    if clips == 0:
+        raise RuntimeError(
+            f"no clips decoded from {len(entries)} files; see {out_dir}/rejects.parquet"
+        )
+    return {
+        "files": len(entries),
+        "clips": clips,
+        "clips_per_split": {s: writer.clip_counts.get(s, 0) for s in SPLITS},
+        "source_frames": source_frames,
+        "clip_frames": clip_frames,
+        "rejects": len(rejects),
+        "seconds": round(seconds, 3),
+        "frames_per_s": round(source_frames / seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    parser.add_argument("--manifest", default=str(MANIFEST), help="corpus manifest CSV")
+    parser.add_argument("--out", default=str(CLIPS_DIR), help="clip shard folder")
+    parser.add_argument("--metrics", default=str(METRICS), help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    configure_logging()
+    params = load_params(args.params)
+    entries = read_manifest(Path(args.manifest), root=Path(args.manifest).parent)
+    metrics = run_decode(entries, params.decode, Path(args.out))
+    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("decode: %s", metrics)
+
+
+if __name__ == "__main__":
+    main()

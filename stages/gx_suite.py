@@ -1,0 +1,110 @@
+"""Running a Great Expectations suite over a DataFrame, with JSON results and Data Docs.
+
+Shared by the validation stages: each defines its expectations; this module runs them in an
+ephemeral GX context, writes `<out_dir>/<name>.json` and Data Docs HTML under
+`<out_dir>/<name>_docs/`, and raises `ValidationFailed` with a readable summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("gx_suite")
+
+
+class ValidationFailed(RuntimeError):
+    """At least one expectation failed; the message lists them."""
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    success: bool
+    failures: list[str]
+    results_path: Path
+    docs_index: Path
+
+
+def _describe_failure(result) -> str:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    details = result.result or {}
+    seen = {
+        key: details[key]
+        for key in ("observed_value", "unexpected_count", "partial_unexpected_list")
+        if key in details
+    }
+    if "partial_unexpected_list" in seen:
+        seen["partial_unexpected_list"] = [str(v)[:60] for v in seen["partial_unexpected_list"][:5]]
+    return f"{config.type} {kwargs} -> {seen}"
+
+
+def run_suite(
+    frame: pd.DataFrame, name: str, expectations: list, out_dir: Path, raise_on_failure: bool = True
+) -> SuiteResult:
+    """Validate `frame` against `expectations` (GX 1.x expectation objects)."""
+    import great_expectations as gx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs_dir = (out_dir / f"{name}_docs").resolve()
+    shutil.rmtree(docs_dir, ignore_errors=True)
+
+    context = gx.get_context(mode="ephemeral")
+    context.add_data_docs_site(
+        f"{name}_site",
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = (
+        context.data_sources.add_pandas(f"{name}_source")
+        .add_dataframe_asset(name)
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=name))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{name}_checkpoint",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format="SUMMARY",
+        )
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    (validation,) = outcome.run_results.values()
+    failures = [_describe_failure(r) for r in validation.results if not r.success]
+
+    results_path = out_dir / f"{name}.json"
+    results_path.write_text(json.dumps(validation.to_json_dict(), indent=2, default=str) + "\n")
+    stats = validation.statistics
+    log.info(
+        "%s: %d/%d expectations passed; results %s, docs %s/index.html",
+        name,
+        stats["successful_expectations"],
+        stats["evaluated_expectations"],
+        results_path,
+        docs_dir,
+    )
+    result = SuiteResult(outcome.success, failures, results_path, docs_dir / "index.html")
+    if raise_on_failure and not outcome.success:
+        summary = "\n".join(f"  - {line}" for line in failures)
+        raise ValidationFailed(
+            f"{name}: {len(failures)} of {stats['evaluated_expectations']} expectations failed "
+            f"(details in {results_path}):\n{summary}"
+        )
+    return result

@@ -1,0 +1,138 @@
+"""Typed, validated view of params.yaml.
+
+Every stage reads its parameters through `load_params`, so a typo, a wrong type or an
+impossible value fails before any work starts, with the key's dotted path and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds an invalid value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def check_clip_length(value: int) -> int:
+    """Clip lengths are 1 + 4k: 4x causal temporal downsampling keeps frame 0 alone."""
+    if value < 1 or (value - 1) % 4:
+        raise ValueError(f"must be of the form 1 + 4k (1, 5, 9, 17, ...), got {value}")
+    return value
+
+
+class SyntheticParams(_Strict):
+    videos_per_class: PositiveInt = 6
+    num_frames: PositiveInt = 72
+    size: Annotated[int, Field(ge=16, le=1024)] = 80
+    fps: Annotated[float, Field(gt=0, le=240)] = 24.0
+    val_per_class: NonNegativeInt = 1
+    test_per_class: NonNegativeInt = 1
+
+    @model_validator(mode="after")
+    def _leaves_training_videos(self) -> SyntheticParams:
+        held_out = self.val_per_class + self.test_per_class
+        if held_out >= self.videos_per_class:
+            raise ValueError(
+                f"val_per_class + test_per_class ({held_out}) must be less than "
+                f"videos_per_class ({self.videos_per_class}) so every class has training videos"
+            )
+        return self
+
+
+class CorpusParams(_Strict):
+    source: str = "embedded"
+    synthetic: SyntheticParams = SyntheticParams()
+    real_test: list[str] = ["bikes.mp4"]
+    real_val: list[str] = []
+    images: list[str] = []
+    image_val: list[str] = []
+    image_test: list[str] = []
+
+    @model_validator(mode="after")
+    def _held_out_images_are_listed(self) -> CorpusParams:
+        unknown = sorted(set(self.image_val + self.image_test) - set(self.images))
+        if unknown:
+            raise ValueError(f"image_val/image_test name images not in `images`: {unknown}")
+        return self
+
+
+class DecodeParams(_Strict):
+    fps: Annotated[float, Field(gt=0, le=240)] = 8.0
+    resize_short_side: Annotated[int, Field(ge=8, le=4096)] = 72
+    crop_size: Annotated[int, Field(ge=8, le=4096)] = 64
+    num_frames: PositiveInt = 9
+    stride: PositiveInt = 4
+    max_clips_per_video: PositiveInt = 64
+    clips_per_shard: PositiveInt = 256
+    workers: Annotated[int, Field(ge=1, le=1024)] = 2
+
+    _check_num_frames = field_validator("num_frames")(check_clip_length)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DecodeParams:
+        if self.crop_size > self.resize_short_side:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) must be <= resize_short_side "
+                f"({self.resize_short_side}): the centre crop is taken after resizing"
+            )
+        return self
+
+
+class ValidateClipsParams(_Strict):
+    min_pixel_std: Annotated[float, Field(ge=0)] = 1.0
+    num_classes: PositiveInt = 8
+
+
+class Params(_Strict):
+    seed: NonNegativeInt = 0
+    corpus: CorpusParams = CorpusParams()
+    decode: DecodeParams = DecodeParams()
+    validate_clips: ValidateClipsParams = ValidateClipsParams()
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see params.yaml for the allowed keys)"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    return parse_params(raw, str(path))

@@ -1,0 +1,143 @@
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from stages.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
+from stages.decode import run_decode
+from stages.manifest import ManifestEntry, video_id_for
+from stages.params import DecodeParams
+from stages.synthetic import write_mp4
+from stages.video_decode import ClipSpec, RejectedInput, decode_file
+
+from media import audio_only, index_video, png, textured_video, truncated_copy
+
+SPEC = ClipSpec(fps=8, resize_short_side=72, crop_size=64, num_frames=9, stride=4, max_clips=64)
+
+
+def grey_levels(frames: np.ndarray) -> np.ndarray:
+    """Recover the source frame index from index_video frames (level 8 * i)."""
+    return np.round(frames.reshape(len(frames), -1).mean(axis=1) / 8).astype(int)
+
+
+def test_fps_resampling_keeps_every_third_frame(tmp_path):
+    video = index_video(tmp_path / "v.mp4", num_frames=30, fps=24)  # 1.25 s
+    decoded = decode_file(video, SPEC)
+    # 1.25 s at 8 fps -> 10 frames, the source frames shown at k / 8 s: 0, 3, 6, ...
+    assert decoded.frames.shape == (10, 64, 64, 3)
+    assert list(grey_levels(decoded.frames)) == list(range(0, 30, 3))
+    assert decoded.source_frames == 30 and decoded.fps == 8
+
+
+def test_fps_upsampling_repeats_frames(tmp_path):
+    video = index_video(tmp_path / "v.mp4", num_frames=6, fps=4)  # 1.5 s
+    spec = ClipSpec(fps=8, resize_short_side=64, crop_size=64, num_frames=9, stride=4, max_clips=4)
+    decoded = decode_file(video, spec)
+    assert list(grey_levels(decoded.frames)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_clip_count_crop_and_stride_for_a_known_video(tmp_path, ray_local):
+    # 48 frames at 24 fps = 2 s -> 16 frames at 8 fps -> clips start at 0 and 4 (8 + 9 > 16)
+    frames = np.zeros((48, 96, 160, 3), dtype=np.uint8)
+    frames[:, :, :30] = (255, 0, 0)  # a red band on the left that the centre crop removes
+    frames[:, :, 30:] = (0, 0, 200)
+    frames[:, :, :, 1] = (4 * np.arange(48))[:, None, None]  # frame index in green
+    path = tmp_path / "raw" / "known.mp4"
+    write_mp4(frames, path, fps=24)
+    entry = ManifestEntry(str(path), video_id_for(path, tmp_path / "raw"), 3, "train")
+
+    params = DecodeParams(fps=8, resize_short_side=72, crop_size=64, num_frames=9, stride=4)
+    metrics = run_decode([entry], params, tmp_path / "clips")
+
+    rows = list(iter_clip_rows(tmp_path / "clips"))
+    assert [r["start_frame"] for r in rows] == [0, 4]
+    assert metrics["clips"] == 2 and metrics["source_frames"] == 48 and metrics["rejects"] == 0
+    for row in rows:
+        assert row["clip_id"] == f"{entry.video_id}:{row['start_frame']}"
+        assert (row["num_frames"], row["height"], row["width"]) == (9, 64, 64)
+        assert row["label"] == 3 and row["split"] == "train" and row["fps"] == 8
+        clip = clip_frames(row)
+        assert clip.shape == (9, 64, 64, 3)
+        assert clip[..., 0].max() < 60, "the red band should be cropped away"
+        green = np.round(clip[..., 1].reshape(9, -1).mean(axis=1) / 4).astype(int)
+        expected = 3 * (row["start_frame"] + np.arange(9))  # every third source frame
+        assert np.abs(green - expected).max() <= 1
+
+
+def test_image_becomes_a_single_frame_clip(tmp_path):
+    array = np.random.default_rng(1).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    decoded = decode_file(png(tmp_path / "img.png", array), SPEC)
+    assert decoded.is_image and decoded.fps == 0.0
+    assert decoded.frames.shape == (1, 64, 64, 3)
+
+
+def test_shards_follow_the_schema_and_split_by_row_count(tmp_path, ray_local):
+    root = tmp_path / "raw"
+    entries = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        path = textured_video(root / f"v{i}.mp4", num_frames=48, fps=24)
+        entries.append(ManifestEntry(str(path), video_id_for(path, root), None, split))
+    image = png(root / "still.png", np.full((70, 70, 3), 90, dtype=np.uint8))
+    entries.append(ManifestEntry(str(image), video_id_for(image, root), None, "train"))
+
+    params = DecodeParams(
+        fps=8, resize_short_side=64, crop_size=64, num_frames=5, stride=5, clips_per_shard=4
+    )
+    metrics = run_decode(entries, params, tmp_path / "clips")
+
+    # 16 frames -> starts 0, 5, 10 -> 3 clips per video; the image adds one T = 1 clip
+    assert metrics["clips_per_split"] == {"train": 7, "val": 3, "test": 3}
+    train_shards = sorted((tmp_path / "clips" / "train").glob("part-*.parquet"))
+    assert [pq.read_metadata(p).num_rows for p in train_shards] == [4, 3]
+    for shard in (tmp_path / "clips").glob("*/part-*.parquet"):
+        assert pq.read_schema(shard).equals(CLIP_SCHEMA)
+    assert not list((tmp_path / "clips").rglob("*.tmp")), "no temporary files left behind"
+    rows = list(iter_clip_rows(tmp_path / "clips"))
+    assert len({r["clip_id"] for r in rows}) == len(rows) == 13
+    assert [r["num_frames"] for r in rows if r["source"] == str(image)] == [1]
+
+
+def test_every_kind_of_bad_file_is_rejected_and_the_rest_decoded(tmp_path, ray_local):
+    root = tmp_path / "raw"
+    root.mkdir()
+    good = textured_video(root / "good.mp4", num_frames=48, fps=24)
+    empty = root / "empty.mp4"
+    empty.write_bytes(b"")
+    text = root / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    long_video = textured_video(root / "long.mp4", num_frames=96, fps=24)
+    cut = truncated_copy(long_video, root / "cut.mp4", keep=0.6)
+    audio = audio_only(root / "audio.mp4")
+    short = textured_video(root / "short.mp4", num_frames=6, fps=24)  # 2 frames at 8 fps
+    missing = root / "missing.mp4"
+    files = [good, empty, text, cut, audio, short, missing]
+    entries = [ManifestEntry(str(p), video_id_for(p, root), None, "train") for p in files]
+
+    metrics = run_decode(entries, DecodeParams(), tmp_path / "clips")
+
+    rejects = pq.read_table(tmp_path / "clips" / "rejects.parquet")
+    assert rejects.schema.equals(REJECT_SCHEMA)
+    reasons = {Path(r["source"]).name: r["error_type"] for r in rejects.to_pylist()}
+    assert reasons == {
+        "empty.mp4": "empty_file",
+        "notes.mp4": "unreadable_container",
+        "cut.mp4": "unreadable_container",  # the moov atom sits at the end and was cut off
+        "audio.mp4": "no_video_stream",
+        "short.mp4": "too_short",
+        "missing.mp4": "missing_file",
+    }
+    assert all(r["stage"] == "decode" and r["message"] for r in rejects.to_pylist())
+    assert metrics["rejects"] == 6
+    assert {r["source"] for r in iter_clip_rows(tmp_path / "clips")} == {str(good)}
+
+
+def test_truncated_stream_with_index_up_front_is_rejected(tmp_path):
+    frames = np.random.default_rng(2).integers(0, 255, (96, 64, 64, 3), dtype=np.uint8)
+    source = tmp_path / "fast.mp4"
+    write_mp4(frames, source, fps=24, faststart=True)
+    cut = truncated_copy(source, tmp_path / "fast_cut.mp4", keep=0.5)
+    with pytest.raises(RejectedInput) as error:
+        decode_file(cut, SPEC)
+    assert error.value.error_type in {"truncated", "decode_error"}
+    assert "fast_cut.mp4" in str(error.value)
