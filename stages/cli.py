@@ -20,6 +20,10 @@ COMMANDS = {
         "stages.validate_clips",
         "run the Great Expectations suite over the clip shards",
     ),
+    "train-tokenizer": (
+        "stages.train_tokenizer",
+        "train the tokenizer on Ray Train (a killed run resumes), record it in MLflow",
+    ),
 }
 
 

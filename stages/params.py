@@ -8,7 +8,7 @@ allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -98,11 +98,104 @@ class ValidateClipsParams(_Strict):
     num_classes: PositiveInt = 8
 
 
+class RayTrainParams(_Strict):
+    num_workers: Annotated[int, Field(ge=1, le=4096)] = 2
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0, le=256)] = 1
+    max_failures: Annotated[int, Field(ge=-1)] = 2  # worker failures retried (-1: forever)
+    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+
+
+class RayParams(_Strict):
+    train: RayTrainParams = RayTrainParams()
+
+
+class TokenizerModelParams(_Strict):
+    """A `models.tokenizer.TokenizerConfig` preset plus field overrides."""
+
+    preset: Literal["cpu", "paper"] = "cpu"
+    overrides: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _builds(self) -> TokenizerModelParams:
+        self.config()  # raises ValueError naming the bad field
+        return self
+
+    def config(self):
+        from models.tokenizer import TokenizerConfig
+
+        base = TokenizerConfig.preset(self.preset).to_dict()
+        try:
+            return TokenizerConfig.from_dict({**base, **self.overrides})
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"overrides {self.overrides} do not give a valid model: {error}"
+            ) from None
+
+
+Weight = Annotated[float, Field(ge=0)]
+
+
+class TrainTokenizerParams(_Strict):
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 4  # video clips per worker per step
+    image_batch_size: PositiveInt = 4  # images (T = 1) per worker on image steps
+    image_every: NonNegativeInt = 4  # every Nth step is an image step; 0 = videos only
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    warmup_steps: NonNegativeInt = 50
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.5,
+        0.9,
+    )
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    recon_loss: Literal["l1", "l2"] = "l2"
+    perceptual_weight: Weight = 0.1
+    perceptual_weights: str | None = None  # local LPIPS safetensors; None = no perceptual loss
+    entropy_weight: Weight = 0.1
+    entropy_start_multiplier: Annotated[float, Field(ge=1)] = 3.0
+    entropy_decay_steps: NonNegativeInt = 2000
+    gan_weight: Weight = 0.1
+    disc_start_step: NonNegativeInt = 400
+    disc_channels: PositiveInt = 16
+    lecam_weight: Weight = 0.05
+    lecam_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt = 100
+    image_log_every: PositiveInt = 200
+    eval_clips: PositiveInt = 16  # held-out (val) clips for PSNR/SSIM and codebook usage
+    storage_path: str = "runs"  # Ray Train run storage (checkpoints); a URI for clusters
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainTokenizerParams:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        return self
+
+
+class TokenizeParams(_Strict):
+    """The tokenizer actor pool of `magvit tokenize-clips` and `magvit tokenize`."""
+
+    batch_size: PositiveInt = 16  # clips per encode call
+    actors: Annotated[int, Field(ge=1, le=4096)] = 2  # tokenizer actors (model copies)
+    cpus_per_actor: Annotated[float, Field(gt=0, le=256)] = 1
+    use_gpu: bool = False  # one GPU per actor
+    num_factors: PositiveInt = 1  # MLM sub-tokens per token (recorded in the manifest)
+    files_per_shard: PositiveInt = 16  # bulk: input files per output shard (resume unit)
+
+
 class Params(_Strict):
     seed: NonNegativeInt = 0
     corpus: CorpusParams = CorpusParams()
     decode: DecodeParams = DecodeParams()
     validate_clips: ValidateClipsParams = ValidateClipsParams()
+    ray: RayParams = RayParams()
+    tokenizer: TokenizerModelParams = TokenizerModelParams()
+    train_tokenizer: TrainTokenizerParams = TrainTokenizerParams()
+    tokenize: TokenizeParams = TokenizeParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:

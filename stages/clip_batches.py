@@ -1,0 +1,66 @@
+"""Clip shard rows -> model inputs: uint8 arrays and [-1, 1] tensors, on Ray workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from einops import rearrange
+
+
+def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """uint8 [B, T, H, W, 3] from a numpy batch of clip rows (all of one shape)."""
+    shapes = {
+        (int(t), int(h), int(w))
+        for t, h, w in zip(batch["num_frames"], batch["height"], batch["width"], strict=True)
+    }
+    if len(shapes) != 1:
+        raise ValueError(f"a batch must hold clips of one shape, got {sorted(shapes)}")
+    (shape,) = shapes
+    return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(*shape, 3) for b in batch["frames"]])
+
+
+def to_model_input(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] (the paper's input range)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return rearrange(x, "b t h w c -> b c t h w").float() / 127.5 - 1.0
+
+
+def to_uint8_video(x: torch.Tensor) -> np.ndarray:
+    """float [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    video = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(video, "b c t h w -> b t h w c").cpu().numpy()
+
+
+def endless_batches(
+    shard, batch_size: int, seed: int, drop_last: bool = True
+) -> Iterator[np.ndarray]:
+    """Epoch after epoch of uint8 batches from a Ray Data shard, reshuffled per epoch."""
+    epoch = 0
+    while True:
+        produced = False
+        for batch in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=drop_last,
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed + epoch,
+        ):
+            produced = True
+            yield batch_frames(batch)
+        if not produced:
+            raise ValueError(
+                f"the dataset shard holds fewer than batch_size={batch_size} clips; "
+                "lower the batch size or add clips"
+            )
+        epoch += 1
+
+
+def video_grid(originals: np.ndarray, recons: np.ndarray, max_clips: int = 4) -> np.ndarray:
+    """One image: per clip a row of original frames above a row of reconstructed frames."""
+    rows = []
+    for original, recon in zip(originals[:max_clips], recons[:max_clips], strict=True):
+        rows.append(np.concatenate(list(original), axis=1))  # [H, T*W, 3]
+        rows.append(np.concatenate(list(recon), axis=1))
+    return np.concatenate(rows, axis=0)

@@ -1,0 +1,260 @@
+"""The tokenizer's training loop, run on every Ray Train worker.
+
+The recipe of the paper and its reproductions: alternating generator and discriminator
+steps; the discriminator (and the generator's GAN term) start after `disc_start_step`;
+LeCam regularisation; entropy-weight annealing; Adam with warm-up and cosine decay;
+gradient clipping; an EMA of the generator (evaluation and export use it); bf16 autocast
+where the device supports it; every `image_every`-th step trains on images (T = 1) when the
+corpus has them, so one vocabulary serves images and videos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from models.discriminator import Discriminator3d, DiscriminatorConfig
+from models.ema import EMA
+from models.lfq import entropy_weight_at
+from models.losses import (
+    LeCamEMA,
+    build_perceptual_loss,
+    hinge_discriminator_loss,
+    non_saturating_generator_loss,
+    reconstruction_loss,
+)
+from models.lr_schedule import warmup_cosine_lr
+from models.recon_metrics import codebook_usage, psnr, ssim
+from models.tokenizer import MagvitTokenizer, TokenizerConfig
+from stages.clip_batches import endless_batches, to_model_input, to_uint8_video, video_grid
+from stages.params import TrainTokenizerParams
+from stages.ray_training import (
+    RankZeroLogger,
+    latest_state,
+    report_step,
+    restore_rng_state,
+    rng_state,
+)
+
+
+@dataclass
+class Models:
+    generator: MagvitTokenizer
+    discriminator: Discriminator3d
+    ema: EMA
+    lecam: LeCamEMA
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+    def state(self, step: int, mlflow_run_id: str) -> dict:
+        return {
+            "step": step,
+            "generator": self.generator.state_dict(),
+            "ema": self.ema.shadow.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "lecam": self.lecam.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": rng_state(),
+            "mlflow_run_id": mlflow_run_id,
+        }
+
+    def load(self, state: dict) -> int:
+        self.generator.load_state_dict(state["generator"])
+        self.ema.shadow.load_state_dict(state["ema"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.lecam.load_state_dict(state["lecam"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        restore_rng_state(state["rng"])
+        return state["step"]
+
+
+def build_models(model_config: TokenizerConfig, p: TrainTokenizerParams, device) -> Models:
+    generator = MagvitTokenizer(model_config).to(device)
+    discriminator = Discriminator3d(
+        DiscriminatorConfig(channels=p.disc_channels, channel_multipliers=(2, 4, 4))
+    ).to(device)
+    return Models(
+        generator=generator,
+        discriminator=discriminator,
+        ema=EMA(generator, p.ema_decay),
+        lecam=LeCamEMA(p.lecam_decay).to(device),
+        opt_g=torch.optim.Adam(generator.parameters(), lr=p.lr, betas=p.betas),
+        opt_d=torch.optim.Adam(discriminator.parameters(), lr=p.lr, betas=p.betas),
+    )
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    if setting == "on":
+        return True
+    return setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, clips: np.ndarray, device, batch_size: int = 4) -> dict:
+    """PSNR / SSIM of reconstructions and codebook usage on uint8 clips [N, T, H, W, 3]."""
+    model.eval()
+    recons, tokens = [], []
+    for start in range(0, len(clips), batch_size):
+        x = to_model_input(clips[start : start + batch_size], device)
+        quantized = model.encode_to_codes(x)
+        recons.append(to_uint8_video(model.decode_codes(quantized.codes)))
+        tokens.append(quantized.indices.cpu())
+    recon = np.concatenate(recons)
+    usage, perplexity = codebook_usage(torch.cat(tokens), model.codebook_size)
+    return {
+        "psnr": psnr(clips, recon),
+        "ssim": ssim(clips, recon),
+        "codebook_utilisation": usage,
+        "perplexity": perplexity,
+        "recon": recon,
+    }
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train entry point; `config` is built by stages.train_tokenizer."""
+    p = TrainTokenizerParams(**config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    torch.manual_seed(config["seed"])  # identical initial weights on every rank
+    device = ray.train.torch.get_device()
+
+    models = build_models(TokenizerConfig.from_dict(config["model"]), p, device)
+    perceptual = build_perceptual_loss(p.perceptual_weights)
+    if perceptual is not None:
+        perceptual = perceptual.to(device)
+    state = latest_state(device)
+    step = models.load(state) if state else 0
+    generator = ray.train.torch.prepare_model(models.generator)
+    discriminator = ray.train.torch.prepare_model(models.discriminator)
+    logger = RankZeroLogger(config["tracking_uri"], config["mlflow_run_id"])
+    if state:
+        logger.text(f"resumed at step {step}\n", f"resume/step_{step:07d}.txt")
+    print(f"[rank {rank}] training from step {step} to {p.steps}", flush=True)
+
+    seed = config["seed"] + 1000 * rank
+    videos = endless_batches(ray.train.get_dataset_shard("videos"), p.batch_size, seed)
+    images = None
+    if config["has_images"] and p.image_every:
+        shard = ray.train.get_dataset_shard("images")
+        images = endless_batches(shard, p.image_batch_size, seed, drop_last=False)
+    bf16 = use_bf16(p.bf16, device)
+    val_clips = config["val_clips"]
+
+    if step == 0 and rank == 0:
+        logger.metrics(_eval_metrics(models.ema.shadow, val_clips, device, logger, 0), 0)
+    window = _Window()
+    while step < p.steps:
+        image_step = images is not None and step % p.image_every == p.image_every - 1
+        x = to_model_input(next(images if image_step else videos), device)
+        lr = warmup_cosine_lr(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
+        for optimizer in (models.opt_g, models.opt_d):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        entropy_weight = entropy_weight_at(
+            step, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
+        )
+        gan_on = step >= p.disc_start_step and p.gan_weight > 0
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
+
+        # generator step
+        with autocast:
+            recon, quantized = generator(x)
+            losses = {
+                "recon": reconstruction_loss(recon.float(), x, p.recon_loss),
+                "commitment": quantized.losses["commitment"],
+                "entropy": quantized.losses["entropy"],
+            }
+            if perceptual is not None:
+                losses["perceptual"] = perceptual(recon.float(), x)
+            if gan_on:
+                models.discriminator.requires_grad_(False)
+                losses["g_adv"] = non_saturating_generator_loss(models.discriminator(recon))
+                models.discriminator.requires_grad_(True)
+        weights = {
+            "recon": 1.0,
+            "commitment": 1.0,  # already scaled by the quantiser's commitment_weight
+            "entropy": entropy_weight,
+            "perceptual": p.perceptual_weight,
+            "g_adv": p.gan_weight,
+        }
+        loss_g = sum(weights[k] * v.float() for k, v in losses.items())
+        models.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(models.generator.parameters(), p.grad_clip)
+        models.opt_g.step()
+        models.ema.update(models.generator)
+
+        # discriminator step: real and fake in one forward (DDP sees each parameter once)
+        if gan_on:
+            with autocast:
+                logits = discriminator(torch.cat([x, recon.detach()])).float()
+            real, fake = logits.chunk(2)
+            losses["d_hinge"] = hinge_discriminator_loss(real, fake)
+            losses["d_lecam"] = models.lecam.penalty(real, fake)
+            loss_d = losses["d_hinge"] + p.lecam_weight * losses["d_lecam"]
+            models.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            torch.nn.utils.clip_grad_norm_(models.discriminator.parameters(), p.grad_clip)
+            models.opt_d.step()
+            models.lecam.update(real, fake)
+
+        step += 1
+        window.add(losses, loss_g, grad_norm, clips=len(x) * world)
+        if step % p.log_every == 0 or step == p.steps:
+            extra = {"lr": lr, "entropy_weight": entropy_weight, "per_token_entropy":
+                     float(quantized.losses["per_token_entropy"]),
+                     "codebook_entropy": float(quantized.losses["codebook_entropy"])}  # fmt: skip
+            logger.metrics({**window.summary(), **extra}, step)
+            window = _Window()
+        if rank == 0 and (step % p.eval_every == 0 or step == p.steps):
+            log_images = step % p.image_log_every == 0 or step == p.steps
+            metrics = _eval_metrics(models.ema.shadow, val_clips, device, logger, step, log_images)
+            logger.metrics(metrics, step)
+        if step % p.checkpoint_every == 0 or step == p.steps:
+            state = models.state(step, config["mlflow_run_id"]) if rank == 0 else None
+            report_step({"step": step, "loss_g": float(loss_g)}, state)
+
+
+def _eval_metrics(model, clips, device, logger, step: int, log_images: bool = True) -> dict:
+    result = evaluate(model, clips, device)
+    if log_images:
+        grid = video_grid(clips, result["recon"])
+        logger.image(grid, "reconstructions", step)
+    return {f"val/{k}": v for k, v in result.items() if k != "recon"}
+
+
+class _Window:
+    """Running means of the losses between two log steps, and throughput."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.clips = 0
+        self.started = time.perf_counter()
+
+    def add(self, losses: dict, total, grad_norm, clips: int) -> None:
+        values = {f"loss/{k}": float(v) for k, v in losses.items()}
+        values |= {"loss/total_g": float(total), "grad_norm_g": float(grad_norm)}
+        for key, value in values.items():  # GAN terms exist only once the discriminator runs
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.steps += 1
+        self.clips += clips
+
+    def summary(self) -> dict:
+        seconds = time.perf_counter() - self.started
+        means = {k: v / self.counts[k] for k, v in self.sums.items()}
+        return means | {"clips_per_s": self.clips / seconds, "s_per_step": seconds / self.steps}

@@ -1,0 +1,143 @@
+"""Tokenizer training on Ray Train with 2 workers: checkpoints, resume, MLflow records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from clip_fixtures import write_clip_folder
+from mlflow.tracking import MlflowClient
+
+from models.tokenizer import MagvitTokenizer
+from stages.mlflow_models import model_dir_from_uri
+from stages.ray_training import load_state_file
+
+MAGVIT = Path(sys.executable).parent / "magvit"
+TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}
+
+
+def write_params(folder: Path, **train) -> Path:
+    params = {
+        "seed": 3,
+        "decode": {"num_frames": 5, "crop_size": 32, "resize_short_side": 32},
+        "ray": {"train": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0}},
+        "tokenizer": {"preset": "cpu", "overrides": TINY_MODEL},
+        "train_tokenizer": {
+            "steps": 6, "batch_size": 2, "image_batch_size": 1, "image_every": 3,
+            "warmup_steps": 2, "checkpoint_every": 3, "log_every": 1, "eval_every": 3,
+            "image_log_every": 3, "disc_start_step": 2, "eval_clips": 2,
+            "storage_path": str(folder / "runs"), **train,
+        },
+    }  # fmt: skip
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def checkpoints(storage: Path) -> list[Path]:
+    return sorted(storage.glob("tokenizer-*/checkpoint_*/state.pt"))
+
+
+@pytest.fixture
+def workspace(in_tmp, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    write_clip_folder(in_tmp / "data" / "clips")
+    return in_tmp
+
+
+def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local):
+    from stages.train_tokenizer import run
+
+    metrics = run(str(write_params(workspace)))
+
+    saved = checkpoints(workspace / "runs")
+    assert saved, "a checkpoint every checkpoint_every steps"
+    state = load_state_file(saved[-1].parent)
+    assert set(state) == {
+        "step", "generator", "ema", "discriminator", "lecam", "opt_g", "opt_d", "rng",
+        "mlflow_run_id",
+    }  # fmt: skip
+    assert state["step"] == 6
+    assert state["opt_d"]["state"], "the discriminator trained after disc_start_step"
+    assert int(state["lecam"]["num_updates"]) == 4  # steps 2..5
+    first_weight = next(k for k in state["ema"] if k.endswith("weight"))
+    assert not torch.equal(state["ema"][first_weight], state["generator"][first_weight])
+
+    exported = MagvitTokenizer.from_pretrained(workspace / "artifacts" / "tokenizer")
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, state["ema"][name]), f"export must be the EMA weights ({name})"
+    written = json.loads((workspace / "artifacts" / "tokenizer" / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    for kind in ("synthetic", "real", "image"):
+        assert written[f"test_{kind}_psnr"] > 0 and written[f"test_{kind}_clips"] > 0
+    curves = (workspace / "artifacts" / "tokenizer_plots" / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("step,loss/recon") and len(curves) > 3
+
+    client = MlflowClient()
+    run = client.get_run(state["mlflow_run_id"])
+    for key in (
+        "loss/recon", "loss/commitment", "loss/entropy", "loss/g_adv", "loss/d_hinge",
+        "loss/d_lecam", "lr", "entropy_weight", "clips_per_s", "val/psnr", "val/ssim",
+        "val/codebook_utilisation", "val/perplexity", "final/test_synthetic_psnr",
+    ):  # fmt: skip
+        assert key in run.data.metrics, key
+    assert run.data.params["train.steps"] == "6" and run.info.status == "FINISHED"
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs[0] < max(lrs) and lrs[-1] < max(lrs), "warm-up then decay"
+    weights = [m.value for m in client.get_metric_history(run.info.run_id, "entropy_weight")]
+    assert weights[0] > weights[-1], "the entropy weight anneals"
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert any("reconstructions" in a for a in artifacts), artifacts
+
+    version = client.get_model_version_by_alias("magvit2-tokenizer", "champion")
+    assert version.run_id == run.info.run_id
+    loaded = MagvitTokenizer.from_pretrained(
+        model_dir_from_uri("models:/magvit2-tokenizer@champion")
+    )
+    video = torch.randint(0, 255, (1, 5, 32, 32, 3), dtype=torch.uint8)
+    assert torch.equal(loaded.encode(video), exported.encode(video))
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
+    params = write_params(
+        workspace, steps=16, checkpoint_every=4, eval_every=16, disc_start_step=100
+    )
+    env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen(
+        [MAGVIT, "train-tokenizer", "--params", str(params)],
+        cwd=workspace, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not checkpoints(workspace / "runs") and time.time() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    saved = checkpoints(workspace / "runs")
+    assert saved, "the first run wrote a checkpoint before it was killed"
+    resume_step = max(load_state_file(p.parent)["step"] for p in saved)
+    assert 0 < resume_step < 16
+    assert not (workspace / "artifacts" / "tokenizer" / "model.safetensors").exists()
+
+    second = subprocess.run(
+        [MAGVIT, "train-tokenizer", "--params", str(params)],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    output = second.stdout + second.stderr
+    assert f"training from step {resume_step} to 16" in output
+    assert "training from step 0 to 16" not in output
+
+    final = load_state_file(checkpoints(workspace / "runs")[-1].parent)
+    assert final["step"] == 16
+    run = MlflowClient().get_run(final["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    resumed = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "resume")]
+    assert resumed == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from models.ema import EMA
+from models.lr_schedule import warmup_cosine_lr
+from models.recon_metrics import codebook_usage, psnr, ssim
+from stages.ray_training import run_key
+
+
+def test_ema_trails_the_model_and_copies_buffers():
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema.update(model)
+    assert torch.allclose(ema.shadow.weight, torch.full((2,), 0.9 * 1.0 + 0.1 * 2.0))
+    assert torch.equal(ema.shadow.running_mean, model.running_mean)
+    assert not any(p.requires_grad for p in ema.shadow.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.0)
+
+
+def test_warmup_then_cosine_to_the_floor():
+    lrs = [
+        warmup_cosine_lr(s, 1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+        for s in range(111)
+    ]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)
+    assert lrs[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_psnr_ssim_agree_with_scikit_image():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    noise = rng.normal(0, 10, a.shape)
+    b = np.clip(a + noise, 0, 255).astype(np.uint8)
+    assert psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255))
+    assert psnr(a, a) == math.inf
+    assert ssim(a, a) == pytest.approx(1.0)
+    worse = np.clip(a + 4 * noise, 0, 255).astype(np.uint8)
+    assert ssim(a, worse) < ssim(a, b) < 1.0
+
+
+def test_codebook_usage_counts_codes_and_perplexity():
+    tokens = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    used, perplexity = codebook_usage(tokens, codebook_size=8)
+    assert used == 0.5 and perplexity == pytest.approx(4.0)
+    assert codebook_usage(torch.zeros(10, dtype=torch.long), 4) == (0.25, pytest.approx(1.0))
+
+
+def test_run_key_changes_with_what_defines_the_run():
+    a = run_key("tokenizer", {"steps": 10}, "data-a")
+    assert a == run_key("tokenizer", {"steps": 10}, "data-a")
+    assert a != run_key("tokenizer", {"steps": 11}, "data-a")
+    assert a != run_key("tokenizer", {"steps": 10}, "data-b")
+    assert a.startswith("tokenizer-")
+
+
+def test_clip_shape_must_fit_the_tokenizer():
+    from stages.params import ParamsError, parse_params
+    from stages.train_tokenizer import check_clip_shape
+
+    params = parse_params({"decode": {"resize_short_side": 72, "crop_size": 60}})
+    with pytest.raises(ParamsError, match="decode.num_frames / decode.crop_size"):
+        check_clip_shape(params, params.tokenizer.config())
+    good = parse_params({})
+    check_clip_shape(good, good.tokenizer.config())
+
+
+def test_tokenizer_overrides_are_validated():
+    from stages.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="tokenizer: overrides"):
+        parse_params({"tokenizer": {"overrides": {"bitz": 12}}})
+    assert parse_params({"tokenizer": {"overrides": {"bits": 12}}}).tokenizer.config().bits == 12
