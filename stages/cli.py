@@ -24,6 +24,14 @@ COMMANDS = {
         "stages.train_tokenizer",
         "train the tokenizer on Ray Train (a killed run resumes), record it in MLflow",
     ),
+    "train-mlm": (
+        "stages.train_mlm",
+        "train the masked token model on token shards (Ray Train, MLflow), write samples",
+    ),
+    "generate": (
+        "stages.generate",
+        "generate videos: class-conditional or frame prediction, to GIF or MP4",
+    ),
 }
 
 

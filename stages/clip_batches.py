@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from einops import rearrange
@@ -31,30 +29,6 @@ def to_uint8_video(x: torch.Tensor) -> np.ndarray:
     """float [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
     video = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return rearrange(video, "b c t h w -> b t h w c").cpu().numpy()
-
-
-def endless_batches(
-    shard, batch_size: int, seed: int, drop_last: bool = True
-) -> Iterator[np.ndarray]:
-    """Epoch after epoch of uint8 batches from a Ray Data shard, reshuffled per epoch."""
-    epoch = 0
-    while True:
-        produced = False
-        for batch in shard.iter_batches(
-            batch_size=batch_size,
-            batch_format="numpy",
-            drop_last=drop_last,
-            local_shuffle_buffer_size=4 * batch_size,
-            local_shuffle_seed=seed + epoch,
-        ):
-            produced = True
-            yield batch_frames(batch)
-        if not produced:
-            raise ValueError(
-                f"the dataset shard holds fewer than batch_size={batch_size} clips; "
-                "lower the batch size or add clips"
-            )
-        epoch += 1
 
 
 def video_grid(originals: np.ndarray, recons: np.ndarray, max_clips: int = 4) -> np.ndarray:

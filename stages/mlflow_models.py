@@ -33,6 +33,25 @@ class TokenizerPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.encode(video).numpy()
 
 
+class MLMPyfunc(mlflow.pyfunc.PythonModel):
+    """predict(class ids [B]; the no-label id for unconditional) -> token grids [B, N]."""
+
+    def load_context(self, context) -> None:
+        from models.mlm import MaskedTokenTransformer
+
+        directory = context.artifacts[MODEL_DIR_ARTIFACT]
+        self.model = MaskedTokenTransformer.from_pretrained(directory).eval()
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        import torch
+
+        from models.maskgit import sample
+
+        labels = torch.as_tensor(np.asarray(model_input, dtype=np.int64).reshape(-1))
+        seed = int((params or {}).get("seed", 0))
+        return sample(self.model, labels, seed=seed).numpy()
+
+
 def register_model_dir(
     run_id: str,
     model_dir: Path,

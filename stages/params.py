@@ -187,6 +187,73 @@ class TokenizeParams(_Strict):
     files_per_shard: PositiveInt = 16  # bulk: input files per output shard (resume unit)
 
 
+class MLMModelParams(_Strict):
+    """A `models.mlm.MLMConfig` preset plus overrides; bits, grid and classes come from the
+    tokenizer, the clip shape and `validate_clips.num_classes`."""
+
+    preset: Literal["cpu", "paper"] = "cpu"
+    overrides: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> MLMModelParams:
+        from models.mlm import MLMConfig
+
+        unknown = set(self.overrides) - set(MLMConfig.__dataclass_fields__)
+        derived = {"bits", "grid", "num_classes"} & set(self.overrides)
+        if unknown or derived:
+            raise ValueError(
+                f"overrides: unknown MLMConfig fields {sorted(unknown)} or fields derived "
+                f"from the tokenizer and corpus {sorted(derived)}"
+            )
+        return self
+
+    def config(self, bits: int, grid: tuple[int, int, int], num_classes: int):
+        from models.mlm import MLMConfig
+
+        derived = {"bits": bits, "grid": tuple(grid), "num_classes": num_classes}
+        try:
+            return MLMConfig.preset(self.preset, **derived, **self.overrides)
+        except (TypeError, ValueError) as error:
+            raise ParamsError(f"mlm: the model cannot be built: {error}") from None
+
+
+class SamplingParams(_Strict):
+    steps: PositiveInt = 12
+    choice_temperature: Annotated[float, Field(ge=0)] = 4.5
+    guidance_scale: Annotated[float, Field(ge=0)] = 1.0
+    guidance_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    samples_per_class: PositiveInt = 4
+
+
+class TrainMLMParams(_Strict):
+    steps: PositiveInt = 400
+    batch_size: PositiveInt = 16  # token grids per worker per step
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    warmup_steps: NonNegativeInt = 40
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.96,
+    )
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    label_drop: Annotated[float, Field(ge=0, le=1)] = 0.1  # for classifier-free guidance
+    frame_prediction_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
+    condition_frames: PositiveInt = 1  # latent frames given as the frame-prediction condition
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt = 100
+    storage_path: str = "runs"
+    sampling: SamplingParams = SamplingParams()
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainMLMParams:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        return self
+
+
 class Params(_Strict):
     seed: NonNegativeInt = 0
     corpus: CorpusParams = CorpusParams()
@@ -195,6 +262,8 @@ class Params(_Strict):
     ray: RayParams = RayParams()
     tokenizer: TokenizerModelParams = TokenizerModelParams()
     train_tokenizer: TrainTokenizerParams = TrainTokenizerParams()
+    mlm: MLMModelParams = MLMModelParams()
+    train_mlm: TrainMLMParams = TrainMLMParams()
     tokenize: TokenizeParams = TokenizeParams()
 
 

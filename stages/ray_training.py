@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,28 @@ def report_step(metrics: dict, state: dict | None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         torch.save(state, Path(directory) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def endless_batches(shard, batch_size: int, seed: int, drop_last: bool = True) -> Iterator[dict]:
+    """Numpy batches from this worker's Ray Data shard, epoch after epoch, reshuffled."""
+    epoch = 0
+    while True:
+        produced = False
+        for batch in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=drop_last,
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed + epoch,
+        ):
+            produced = True
+            yield batch
+        if not produced:
+            raise ValueError(
+                f"this worker's data shard holds fewer than batch_size={batch_size} rows; "
+                "lower the batch size or the number of workers"
+            )
+        epoch += 1
 
 
 def rng_state() -> dict:

@@ -33,10 +33,11 @@ from models.losses import (
 from models.lr_schedule import warmup_cosine_lr
 from models.recon_metrics import codebook_usage, psnr, ssim
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
-from stages.clip_batches import endless_batches, to_model_input, to_uint8_video, video_grid
+from stages.clip_batches import batch_frames, to_model_input, to_uint8_video, video_grid
 from stages.params import TrainTokenizerParams
 from stages.ray_training import (
     RankZeroLogger,
+    endless_batches,
     latest_state,
     report_step,
     restore_rng_state,
@@ -142,11 +143,15 @@ def train_loop(config: dict) -> None:
     print(f"[rank {rank}] training from step {step} to {p.steps}", flush=True)
 
     seed = config["seed"] + 1000 * rank
-    videos = endless_batches(ray.train.get_dataset_shard("videos"), p.batch_size, seed)
+    videos = map(
+        batch_frames, endless_batches(ray.train.get_dataset_shard("videos"), p.batch_size, seed)
+    )
     images = None
     if config["has_images"] and p.image_every:
         shard = ray.train.get_dataset_shard("images")
-        images = endless_batches(shard, p.image_batch_size, seed, drop_last=False)
+        images = map(
+            batch_frames, endless_batches(shard, p.image_batch_size, seed, drop_last=False)
+        )
     bf16 = use_bf16(p.bf16, device)
     val_clips = config["val_clips"]
 

@@ -88,7 +88,7 @@ def training_datasets(train_shards: list[Path]) -> tuple[dict, bool]:
     ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch bars drown the log
     columns = ["num_frames", "height", "width", "frames"]
     counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
-    base = ray.data.read_parquet([str(p) for p in train_shards]).select_columns(columns)
+    base = ray.data.read_parquet([str(p.resolve()) for p in train_shards]).select_columns(columns)
     datasets = {"videos": base.filter(expr="num_frames > 1").materialize()}
     has_images = bool((counts == 1).sum())
     if has_images:
