@@ -32,6 +32,19 @@ COMMANDS = {
         "stages.generate",
         "generate videos: class-conditional or frame prediction, to GIF or MP4",
     ),
+    "tokenize-clips": (
+        "stages.tokenize",
+        "tokenize the clip shards into token shards with a Ray actor pool (DVC stage)",
+    ),
+    "validate-tokens": (
+        "stages.validate_tokens",
+        "run the Great Expectations suite over the token shards",
+    ),
+    "tokenize": (
+        "stages.bulk_tokenize",
+        "bulk, resumable tokenisation of a folder of videos, images or clip shards",
+    ),
+    "detokenize": ("stages.detokenize", "decode token shards back into MP4 / PNG files"),
 }
 
 

@@ -7,8 +7,10 @@ allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -137,12 +139,12 @@ Weight = Annotated[float, Field(ge=0)]
 
 
 class TrainTokenizerParams(_Strict):
-    steps: PositiveInt = 600
+    steps: PositiveInt = 450
     batch_size: PositiveInt = 4  # video clips per worker per step
     image_batch_size: PositiveInt = 4  # images (T = 1) per worker on image steps
     image_every: NonNegativeInt = 4  # every Nth step is an image step; 0 = videos only
-    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    warmup_steps: NonNegativeInt = 50
+    lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
+    warmup_steps: NonNegativeInt = 30
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.5,
@@ -153,19 +155,19 @@ class TrainTokenizerParams(_Strict):
     recon_loss: Literal["l1", "l2"] = "l2"
     perceptual_weight: Weight = 0.1
     perceptual_weights: str | None = None  # local LPIPS safetensors; None = no perceptual loss
-    entropy_weight: Weight = 0.1
+    entropy_weight: Weight = 0.05
     entropy_start_multiplier: Annotated[float, Field(ge=1)] = 3.0
-    entropy_decay_steps: NonNegativeInt = 2000
+    entropy_decay_steps: NonNegativeInt = 200
     gan_weight: Weight = 0.1
-    disc_start_step: NonNegativeInt = 400
+    disc_start_step: NonNegativeInt = 350
     disc_channels: PositiveInt = 16
     lecam_weight: Weight = 0.05
     lecam_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
     bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
-    checkpoint_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 150
     log_every: PositiveInt = 10
-    eval_every: PositiveInt = 100
-    image_log_every: PositiveInt = 200
+    eval_every: PositiveInt = 150
+    image_log_every: PositiveInt = 150
     eval_clips: PositiveInt = 16  # held-out (val) clips for PSNR/SSIM and codebook usage
     storage_path: str = "runs"  # Ray Train run storage (checkpoints); a URI for clusters
 
@@ -254,6 +256,49 @@ class TrainMLMParams(_Strict):
         return self
 
 
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+class ChampionParams(_Strict):
+    """How a new registered model version is compared with the `champion` one."""
+
+    metric: str  # MLflow metric on the run that registered the version
+    direction: Literal["max", "min"] = "max"  # max: higher is better
+    min_improvement: Annotated[float, Field(ge=0)] = 0.0  # in the metric's units
+
+
+class ScheduleParams(_Strict):
+    """The nightly retrain deployment (pipelines/nightly.py)."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    champions: dict[str, ChampionParams] = {
+        "magvit2-tokenizer": ChampionParams(metric="final/test_synthetic_psnr"),
+        "magvit2-mlm": ChampionParams(metric="final/val_class_accuracy"),
+    }
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(CRON_FIELD.match(field) for field in fields):
+            raise ValueError(
+                f"must be a 5-field cron string (minute hour day month weekday), got {value!r}"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"must be an IANA timezone such as UTC or Europe/Berlin, got {value!r}"
+            ) from None
+        return value
+
+
 class Params(_Strict):
     seed: NonNegativeInt = 0
     corpus: CorpusParams = CorpusParams()
@@ -265,6 +310,7 @@ class Params(_Strict):
     mlm: MLMModelParams = MLMModelParams()
     train_mlm: TrainMLMParams = TrainMLMParams()
     tokenize: TokenizeParams = TokenizeParams()
+    schedule: ScheduleParams = ScheduleParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:

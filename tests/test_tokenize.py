@@ -1,0 +1,200 @@
+"""The `tokenize` stage, the token shard reader, `validate_tokens` and `detokenize`."""
+
+import json
+import shutil
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from clip_fixtures import write_clip_folder
+from PIL import Image
+
+from models.tokenizer import MagvitTokenizer, TokenizerConfig
+from stages.clip_shards import clip_frames, iter_clip_rows, write_table_atomic
+from stages.detokenize import detokenize
+from stages.gx_suite import ValidationFailed
+from stages.params import ParamsError, parse_params
+from stages.token_shards import (
+    TOKEN_SCHEMA,
+    TokenShardError,
+    load_token_shards,
+    read_manifest,
+    token_shard_paths,
+    tokenizer_fingerprint,
+)
+from stages.tokenize import check_capacity, run_tokenize
+from stages.validate_tokens import validate_tokens
+
+TINY = {"channels": 8, "norm_groups": 4}
+DECODE = {"num_frames": 5, "crop_size": 32, "resize_short_side": 32}
+
+
+def tiny_tokenizer(directory, seed: int = 0):
+    torch.manual_seed(seed)
+    config = TokenizerConfig.from_dict({**TokenizerConfig.preset("cpu").to_dict(), **TINY})
+    MagvitTokenizer(config).save_pretrained(directory)
+    return directory
+
+
+def params(**tokenize):
+    return parse_params({"decode": DECODE, "tokenize": {"actors": 1, **tokenize}})
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, ray_local):
+    """Clips (train / val / test, videos and images), a tiny tokenizer, one stage run."""
+    root = tmp_path_factory.mktemp("tokenize")
+    clips = write_clip_folder(root / "clips", per_split={"train": 6, "val": 2, "test": 2})
+    model_dir = tiny_tokenizer(root / "tokenizer")
+    manifest = run_tokenize(clips, str(model_dir), params(batch_size=4), root / "tokens")
+    return root, manifest
+
+
+def test_tokens_decode_to_the_models_own_reconstruction(tokenized):
+    root, _ = tokenized
+    model = MagvitTokenizer.from_pretrained(root / "tokenizer").eval()
+    table = load_token_shards(root / "tokens")
+    clips = list(iter_clip_rows(root / "clips"))
+    assert table["clip_id"].to_pylist() == [c["clip_id"] for c in clips]  # clip shard order
+    for row, clip in zip(table.to_pylist(), clips, strict=True):
+        video = torch.from_numpy(clip_frames(clip).copy())[None]
+        grid = (row["grid_t"], row["grid_h"], row["grid_w"])
+        assert grid == model.config.latent_shape(*video.shape[1:4])
+        tokens = torch.tensor(row["tokens"]).reshape(1, *grid)
+        assert torch.equal(tokens, model.encode(video))
+        assert torch.equal(model.decode(tokens), model.decode(model.encode(video)))
+        assert (row["video_id"], row["split"], row["label"]) == (
+            clip["video_id"], clip["split"], clip["label"],
+        )  # fmt: skip
+
+
+def test_shards_follow_the_schema_and_the_manifest_describes_them(tokenized):
+    root, manifest = tokenized
+    shards = token_shard_paths(root / "tokens")
+    assert {p.parent.name for p in shards} == {"train", "val", "test"}
+    assert all(pq.read_schema(p).equals(TOKEN_SCHEMA) for p in shards)
+    assert not list((root / "tokens").rglob("*.tmp"))
+    saved = json.loads((root / "tokens" / "manifest.json").read_text())
+    assert saved["schema_version"] == 1 and saved["complete"] is True
+    assert saved["tokenizer"] == {
+        "fingerprint": tokenizer_fingerprint(root / "tokenizer"),
+        "quantizer": "lfq",
+        "bits": 10,
+        "codebook_size": 1024,
+        "temporal_factor": 4,
+        "spatial_factor": 8,
+    }
+    assert saved["factorisation"] == {"num_factors": 1, "sub_bits": 10}
+    clips = list(iter_clip_rows(root / "clips"))
+    images = sum(c["num_frames"] == 1 for c in clips)
+    assert saved["shapes"] == [
+        {"clip": [1, 32, 32], "grid": [1, 4, 4], "clips": images},
+        {"clip": [5, 32, 32], "grid": [2, 4, 4], "clips": len(clips) - images},
+    ]
+    assert saved["counts"] == {
+        s: sum(c["split"] == s for c in clips) for s in ("test", "train", "val")
+    }
+    assert read_manifest(root / "tokens") == manifest
+
+
+def test_same_inputs_give_identical_shards_whatever_the_pool(tokenized, tmp_path):
+    root, manifest = tokenized
+    again = run_tokenize(
+        root / "clips",
+        str(root / "tokenizer"),
+        params(actors=2, cpus_per_actor=0.5, batch_size=3),
+        tmp_path / "tokens",
+    )
+    first, second = token_shard_paths(root / "tokens"), token_shard_paths(tmp_path / "tokens")
+    assert [p.relative_to(root / "tokens") for p in first] == [
+        p.relative_to(tmp_path / "tokens") for p in second
+    ]
+    for a, b in zip(first, second, strict=True):
+        assert pq.read_table(a).equals(pq.read_table(b))
+    assert again == manifest
+
+
+def test_reader_refuses_incomplete_or_inconsistent_folders(tokenized, tmp_path):
+    root, _ = tokenized
+    tokens = shutil.copytree(root / "tokens", tmp_path / "tokens")
+    manifest = json.loads((tokens / "manifest.json").read_text())
+    (tokens / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(TokenShardError, match="incomplete"):
+        load_token_shards(tokens)
+    (tokens / "manifest.json").write_text(json.dumps(manifest))
+    token_shard_paths(tokens, "val")[0].unlink()
+    with pytest.raises(TokenShardError, match="disagree with the manifest"):
+        load_token_shards(tokens)
+
+
+def test_validate_tokens_passes_good_shards(tokenized, tmp_path):
+    root, _ = tokenized
+    result = validate_tokens(root / "tokens", root / "clips", tmp_path / "out")
+    assert result.success and result.failures == []
+    assert (tmp_path / "out" / "tokens.json").is_file() and result.docs_index.is_file()
+
+
+def test_validate_tokens_fails_a_broken_shard_with_a_readable_summary(tokenized, tmp_path):
+    root, _ = tokenized
+    tokens = shutil.copytree(root / "tokens", tmp_path / "tokens")
+    shard = token_shard_paths(tokens, "train")[0]
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["tokens"][3] = 1024  # out of range for 2^10 codes
+    rows[1]["tokens"] = rows[1]["tokens"][:-1]  # one token short of the grid
+    rows[2]["clip_id"] = rows[3]["clip_id"]  # duplicate id
+    rows[4]["clip_id"] = "stranger:0"  # not a clip of the clip shards
+    write_table_atomic(pa.Table.from_pylist(rows, schema=TOKEN_SCHEMA), shard)
+
+    with pytest.raises(ValidationFailed) as error:
+        validate_tokens(tokens, root / "clips", tmp_path / "out")
+    message = str(error.value)
+    for expected in (
+        "expect_column_values_to_be_unique {'column': 'clip_id'",
+        "'column': 'token_max'",
+        "expect_column_pair_values_to_be_equal {'column_A': 'token_count'",
+        "'column': 'in_clip_shards'",
+    ):
+        assert expected in message, message
+
+
+def test_stage_errors_name_the_problem(tokenized, tmp_path):
+    root, _ = tokenized
+    with pytest.raises(FileNotFoundError, match="no-such-tokenizer"):
+        run_tokenize(root / "clips", str(tmp_path / "no-such-tokenizer"), params(), tmp_path / "t")
+    odd = parse_params({"decode": {**DECODE, "crop_size": 28, "resize_short_side": 28}})
+    with pytest.raises(ParamsError, match="do not fit the tokenizer"):
+        run_tokenize(root / "clips", str(root / "tokenizer"), odd, tmp_path / "t")
+    with pytest.raises(ParamsError, match="leaves no CPU"):
+        check_capacity(params(actors=2).tokenize)
+
+
+def test_detokenize_writes_decodable_videos_and_images(tokenized, tmp_path):
+    root, _ = tokenized
+    written = detokenize(root / "tokens", tmp_path / "out", str(root / "tokenizer"), fps=8)
+    table = load_token_shards(root / "tokens")
+    assert len(written) == table.num_rows
+    model = MagvitTokenizer.from_pretrained(root / "tokenizer").eval()
+    for row in table.to_pylist():
+        grid = (1, row["grid_t"], row["grid_h"], row["grid_w"])
+        expected = model.decode(torch.tensor(row["tokens"]).reshape(grid))[0].numpy()
+        stem = tmp_path / "out" / row["clip_id"].replace(":", "_")
+        if row["grid_t"] == 1:
+            image = np.asarray(Image.open(stem.with_suffix(".png")).convert("RGB"))
+            # PNG is lossless; batched decoding may round a rare pixel the other way
+            assert np.abs(image.astype(int) - expected[0]).max() <= 1
+        else:
+            with av.open(str(stem.with_suffix(".mp4"))) as container:
+                frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            assert frames.shape == expected.shape == (5, 32, 32, 3)
+            luma = np.array([0.299, 0.587, 0.114])  # yuv420p keeps luma at full resolution
+            assert np.abs(frames @ luma - expected @ luma).mean() < 6  # another clip: ~25
+
+
+def test_detokenize_refuses_another_tokenizer(tokenized, tmp_path):
+    root, _ = tokenized
+    other = tiny_tokenizer(tmp_path / "other", seed=1)
+    with pytest.raises(TokenShardError, match=tokenizer_fingerprint(other)):
+        detokenize(root / "tokens", tmp_path / "out", str(other))
