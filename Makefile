@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in pyproject.toml to the CPU build (an unpinned torch pulls CUDA).
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 
-.PHONY: repro test lint install install-dev clean
+.PHONY: repro test lint serve install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ repro: install
 ## test: install with dev extras, then run the test suite
 test: install-dev
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+## serve: start a local Prefect server (unless PREFECT_API_URL is set) and serve the flows
+serve: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.serve
 
 lint: install-dev
 	$(BIN)/ruff check .

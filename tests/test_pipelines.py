@@ -1,0 +1,341 @@
+"""Prefect flows against Prefect's temporary test server, with real DVC, MLflow and `magvit`."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.champion import CHAMPION, decide_champion, promote_if_better
+from pipelines.end_to_end import DvcLockTimeout, StageFailed, end_to_end
+from pipelines.nightly import nightly_deployment
+from pipelines.tokenize_corpus import tokenize_corpus
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+# a corpus of four tiny videos (a manifest CSV) keeps the DVC runs short
+SMALL_CORPUS = [
+    "corpus.source=videos/manifest.csv",
+    "decode.resize_short_side=32",
+    "decode.crop_size=32",
+    "decode.workers=1",
+]
+FAST = {"retries": 0, "lock_poll_s": 1}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def clean_env():
+    """Commits need a git identity; stages must start a local Ray, not join a cluster."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("GIT_AUTHOR", "GIT_COMMITTER"):
+            patch.setenv(f"{key}_NAME", "pipeline test")
+            patch.setenv(f"{key}_EMAIL", "test@example.com")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        yield
+
+
+def write_video(path: Path, seed: int, frames: int, size: int) -> None:
+    from stages.synthetic import write_mp4
+
+    rng = np.random.default_rng(seed)
+    write_mp4(rng.integers(0, 255, size=(frames, size, size, 3), dtype=np.uint8), path, fps=8)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, clean_env) -> Path:
+    """A git + DVC repo holding the project's graph, params and code, committed."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo)
+    for name in ("stages", "models"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    splits = ["train", "train", "val", "test"]
+    for index in range(len(splits)):
+        write_video(repo / "videos" / f"v{index}.mp4", seed=index, frames=16, size=48)
+    rows = [f"v{index}.mp4,{index % 2},{split}" for index, split in enumerate(splits)]
+    (repo / "videos" / "manifest.csv").write_text("\n".join(["path,label,split", *rows]) + "\n")
+    git(repo, "init", "-q")
+    subprocess.run([BIN / "dvc", "init", "-q"], cwd=repo, check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    return repo
+
+
+def task_runs(flow_state) -> dict:
+    """The flow run's task runs by name, read back from the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name: run for run in runs}
+
+
+def task_logs(task_run) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id])))
+    return [log.message for log in logs]
+
+
+def experiment_file(repo: Path, name: str, path: str) -> str:
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    (ref,) = [ref for ref in refs if ref.endswith(f"/{name}")]
+    return git(repo, "show", f"{ref}:{path}")
+
+
+@pytest.fixture(scope="module")
+def small_run(repo):
+    state = end_to_end(
+        repo_dir=str(repo),
+        overrides=SMALL_CORPUS,
+        until="validate_clips",
+        experiment="small",
+        return_state=True,
+        **FAST,
+    )
+    return state
+
+
+def test_end_to_end_runs_each_stage_as_a_task_of_one_dvc_experiment(repo, small_run):
+    assert small_run.is_completed(), small_run.message
+    assert small_run.result() == "small"
+    runs = task_runs(small_run)
+    assert sorted(runs) == ["corpus", "decode", "validate_clips"]
+    assert all(run.state.is_completed() for run in runs.values())
+    logs = task_logs(runs["decode"])  # the stage's output, line by line
+    assert "Running stage 'decode':" in logs and "> magvit decode" in logs
+
+    assert sorted(p.name for p in (repo / "data" / "clips").iterdir()) == [
+        "rejects.parquet",
+        "test",
+        "train",
+        "val",
+    ]
+    assert (repo / "artifacts" / "validation" / "clips.json").is_file()
+    assert "train_tokenizer" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+    listed = subprocess.run(
+        [BIN / "dvc", "exp", "list"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert "small" in listed.stdout
+    # the experiment holds the overrides and the lock entry of the last stage
+    params = yaml.safe_load(experiment_file(repo, "small", "params.yaml"))
+    assert params["corpus"]["source"] == "videos/manifest.csv"
+    assert params["decode"]["crop_size"] == 32
+    lock = yaml.safe_load(experiment_file(repo, "small", "dvc.lock"))
+    assert sorted(lock["stages"]) == ["corpus", "decode", "validate_clips"]
+    report = json.loads(experiment_file(repo, "small", "artifacts/validation/clips.json"))
+    assert report["success"] is True  # uncached outputs are committed with the experiment
+
+
+def test_a_failing_stage_fails_its_task_with_the_stage_error(repo, small_run):
+    shards_before = sorted((repo / "data" / "clips").rglob("part-*.parquet"))
+    strict = [*SMALL_CORPUS, "validate_clips.min_pixel_std=1000"]
+    state = end_to_end(
+        repo_dir=str(repo),
+        overrides=strict,
+        until="validate_clips",
+        experiment="strict",
+        return_state=True,
+        **FAST,
+    )
+    with pytest.raises(StageFailed, match="expectations failed") as failure:
+        state.result()
+    assert "'validate_clips' failed" in str(failure.value)
+    assert "pixel_std" in str(failure.value)
+    assert state.is_failed()
+    runs = task_runs(state)
+    assert runs["corpus"].state.is_completed() and runs["decode"].state.is_completed()
+    assert runs["validate_clips"].state.is_failed()
+    assert "expectations failed" in runs["validate_clips"].state.message
+    # the earlier stages' outputs are untouched
+    assert sorted((repo / "data" / "clips").rglob("part-*.parquet")) == shards_before
+    assert shards_before
+
+
+@pytest.fixture
+def held_dvc_lock(repo):
+    """DVC's own workspace lock, held by this process as another `dvc` command would."""
+    from dvc.lock import make_lock
+
+    tmp_dir = repo / ".dvc" / "tmp"
+    lock = make_lock(str(tmp_dir / "lock"), tmp_dir=str(tmp_dir))
+    lock.lock()
+    yield lock, tmp_dir / "lock"
+    if lock.is_locked:
+        lock.unlock()
+
+
+def test_a_locked_workspace_makes_the_flow_wait_then_fail_clearly(repo, small_run, held_dvc_lock):
+    lock, lock_file = held_dvc_lock
+    content = lock_file.read_bytes()
+    started = time.monotonic()
+    state = end_to_end(
+        repo_dir=str(repo),
+        until="corpus",
+        lock_timeout_s=4,
+        lock_poll_s=1,
+        retries=2,
+        return_state=True,
+    )
+    waited = time.monotonic() - started
+    assert state.is_failed()
+    with pytest.raises(DvcLockTimeout, match="locked by another DVC process for more than 4 s"):
+        state.result()
+    assert waited >= 4
+    assert task_runs(state)["corpus"].run_count == 1  # a lock timeout is not retried
+    assert lock.is_locked and lock_file.read_bytes() == content
+
+
+def test_the_flow_goes_on_once_the_lock_is_released(repo, small_run, held_dvc_lock):
+    lock, _ = held_dvc_lock
+    threading.Timer(3, lock.unlock).start()
+    started = time.monotonic()
+    state = end_to_end(
+        repo_dir=str(repo), until="corpus", lock_timeout_s=120, return_state=True, **FAST
+    )
+    assert state.is_completed(), state.message
+    assert time.monotonic() - started >= 3
+
+
+def test_nightly_deployment_is_registered_with_the_params_schedule(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    schedule = {"cron": "30 3 * * 1-5", "timezone": "Europe/Berlin"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"schedule": schedule}))
+    deployment_id = nightly_deployment(str(tmp_path)).apply()
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    assert deployment.name == "nightly"
+    assert deployment.parameters == {"repo_dir": str(tmp_path.resolve())}
+    assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [
+        ("30 3 * * 1-5", "Europe/Berlin")
+    ]
+    assert all(s.active for s in deployment.schedules)
+
+
+@pytest.mark.parametrize(
+    ("new", "current", "direction", "min_delta", "promote"),
+    [
+        (30.0, 29.0, "max", 0.0, True),
+        (29.0, 30.0, "max", 0.0, False),
+        (30.0, 30.0, "max", 0.0, False),  # a tie keeps the champion
+        (30.2, 30.0, "max", 0.5, False),  # better, but not by enough
+        (0.8, 0.9, "min", 0.05, True),  # lower is better
+        (0.9, 0.8, "min", 0.0, False),
+        (None, 30.0, "max", 0.0, False),  # the new run logged no metric
+        (float("nan"), 30.0, "max", 0.0, False),
+        (30.0, None, "max", 0.0, True),  # the champion has none
+    ],
+)
+def test_decide_champion(new, current, direction, min_delta, promote):
+    decision = decide_champion(new, current, direction, min_delta)
+    assert decision.promote is promote
+    assert decision.reason
+
+
+def test_champion_alias_moves_only_to_a_better_version(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from stages.mlflow_models import TokenizerPyfunc, register_model_dir
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    name, metric = "magvit2-tokenizer", "final/test_synthetic_psnr"
+
+    def register(psnr: float) -> tuple[str, str]:
+        run_id = client.create_run(experiment).info.run_id
+        client.log_metric(run_id, metric, psnr)
+        return run_id, register_model_dir(run_id, model_dir, name, TokenizerPyfunc())
+
+    def decide():
+        return promote_if_better(name, metric, "max", 0.5, uri)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+
+    register(20.0)
+    assert champion() == "1"  # the first version is champion from the start
+    assert decide().reason == f"version 1 already holds {CHAMPION}"
+
+    worse_run, _ = register(20.3)  # better, but by less than 0.5 dB
+    assert not decide().promote
+    assert champion() == "1"
+    assert client.get_run(worse_run).data.tags["champion.decision"] == "kept"
+
+    better_run, better = register(22.0)
+    decision = decide()
+    assert decision.promote and decision.improvement == pytest.approx(2.0)
+    assert champion() == better == "3"
+    recorded = client.get_run(better_run).data
+    assert recorded.tags["champion.decision"] == "promoted"
+    assert recorded.tags["champion.compared_with_version"] == "1"
+    assert recorded.metrics["champion/current"] == pytest.approx(20.0)
+
+    assert promote_if_better("magvit2-mlm", "final/val_class_accuracy", "max", 0, uri) is None
+
+
+def test_tokenize_corpus_writes_token_shards_and_a_summary(tmp_path, clean_env):
+    from models.tokenizer import MagvitTokenizer, TokenizerConfig
+
+    config = {**TokenizerConfig.preset("cpu").to_dict(), "channels": 8, "norm_groups": 4}
+    MagvitTokenizer(TokenizerConfig.from_dict(config)).save_pretrained(tmp_path / "tokenizer")
+    for seed in range(2):
+        write_video(tmp_path / "videos" / f"v{seed}.mp4", seed, frames=12, size=32)
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"not a video")
+    params = {
+        "decode": {"num_frames": 5, "crop_size": 32, "resize_short_side": 32, "workers": 1},
+        "tokenize": {"actors": 1, "batch_size": 4},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    summary = tokenize_corpus(
+        input_path="videos",
+        output_path="tokens",
+        tokenizer=str(tmp_path / "tokenizer"),
+        repo_dir=str(tmp_path),
+        retries=0,
+    )
+    shards = sorted((tmp_path / "tokens" / "train").glob("part-*.parquet"))
+    assert shards and (tmp_path / "tokens" / "manifest.json").is_file()
+    assert summary["splits"] == {"train": summary["clips"]} and summary["clips"] >= 2
+    assert summary["rejects"] == 1
+    assert summary["clips_per_s"] > 0
