@@ -18,24 +18,19 @@ Conventions:
   logits_j = h @ E_j^T + b_j, m heads of 2^(bits/m) classes. m = 1 is the plain model.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.lfq import factorize_indices
+from models.pretrained import Pretrained
 
 MASK_ID = -1  # input token value of a masked position
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -147,8 +142,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class MaskedTokenTransformer(nn.Module):
+class MaskedTokenTransformer(Pretrained, nn.Module):
     """tokens [B, N] (MASK_ID where masked) + labels [B] -> logits [B, N, m, 2^(bits/m)]."""
+
+    config_class = MLMConfig
+    checkpoint_label = "MLM"
 
     def __init__(self, config: MLMConfig):
         super().__init__()
@@ -229,38 +227,6 @@ class MaskedTokenTransformer(nn.Module):
             x = block(x)
         x = self.head_transform(self.norm(x[:, 1:]))  # drop the label position
         return torch.einsum("bnd,mvd->bnmv", x, self.token_embedding) + self.head_bias
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json (versioned) and model.safetensors into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
-    ) -> "MaskedTokenTransformer":
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (directory, config_path, weights_path):
-            if not path.exists():
-                raise FileNotFoundError(f"MLM checkpoint: {path} does not exist")
-        saved = json.loads(config_path.read_text())
-        if saved.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path}: format_version {saved.get('format_version')!r} is not "
-                f"supported (expected {FORMAT_VERSION})"
-            )
-        model = cls(MLMConfig.from_dict(saved["config"]))
-        state = load_file(weights_path, device=str(map_location))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from err
-        return model
 
 
 def _factor_shape(logits: Tensor) -> tuple[int, int]:

@@ -25,9 +25,14 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def codebook_usage(tokens: torch.Tensor, codebook_size: int) -> tuple[float, float]:
-    """(fraction of the codebook used, perplexity exp(H) of the token histogram)."""
+    """(utilisation, perplexity exp(H) of the token histogram).
+
+    Utilisation = distinct codes used / min(K, number of tokens): a set of fewer tokens
+    than codes can at best use one code per token.
+    """
     counts = torch.bincount(tokens.flatten().long(), minlength=codebook_size).double()
     probs = counts / counts.sum()
     nonzero = probs[probs > 0]
     entropy = -(nonzero * nonzero.log()).sum()
-    return float((counts > 0).double().mean()), float(entropy.exp())
+    reachable = min(codebook_size, tokens.numel())
+    return float((counts > 0).sum() / reachable), float(entropy.exp())

@@ -10,15 +10,12 @@ One set of weights tokenizes images (T = 1 -> 1 latent frame) and clips of 1 + 4
 (-> 1 + k latent frames) with the same vocabulary, because every layer is causal in time.
 """
 
-import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.causal import (
@@ -31,11 +28,8 @@ from models.causal import (
     causal_resize,
 )
 from models.lfq import LFQ, LFQConfig, QuantizerOutput
+from models.pretrained import Pretrained
 from models.vq import VectorQuantizer, VQConfig
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -236,8 +230,11 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
-class MagvitTokenizer(nn.Module):
+class MagvitTokenizer(Pretrained, nn.Module):
     """Causal video tokenizer: video <-> int64 token grid [B, t, h, w]."""
+
+    config_class = TokenizerConfig
+    checkpoint_label = "tokenizer"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -307,35 +304,3 @@ class MagvitTokenizer(nn.Module):
         video = self.decoder(codes).clamp(-1, 1)
         video = ((video + 1) * 127.5).round().to(torch.uint8)
         return rearrange(video, "b c t h w -> b t h w c")
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json (versioned) and model.safetensors into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
-    ) -> "MagvitTokenizer":
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (directory, config_path, weights_path):
-            if not path.exists():
-                raise FileNotFoundError(f"tokenizer checkpoint: {path} does not exist")
-        saved = json.loads(config_path.read_text())
-        if saved.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path}: format_version {saved.get('format_version')!r} is not "
-                f"supported (expected {FORMAT_VERSION})"
-            )
-        model = cls(TokenizerConfig.from_dict(saved["config"]))
-        state = load_file(weights_path, device=str(map_location))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path} does not match {config_path}: {err}") from err
-        return model

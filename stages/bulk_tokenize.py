@@ -26,7 +26,7 @@ from stages.decode import clip_spec, clips_from_entry
 from stages.logs import configure_logging
 from stages.manifest import ManifestEntry, find_media, video_id_for
 from stages.mlflow_models import model_dir_from_uri
-from stages.params import Params, load_params, parse_params
+from stages.params import Params, check_clip_shape, load_params, parse_params
 from stages.ray_runtime import init_ray
 from stages.token_shards import (
     MANIFEST_FILE,
@@ -43,7 +43,6 @@ from stages.tokenize import (
     CLIP_COLUMNS,
     RESULT_SCHEMA,
     Chunk,
-    check_clip_shape,
     clip_shard_dataset,
     local_cpus,
     plan_clip_chunks,

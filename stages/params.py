@@ -139,9 +139,9 @@ Weight = Annotated[float, Field(ge=0)]
 
 
 class TrainTokenizerParams(_Strict):
-    steps: PositiveInt = 450
-    batch_size: PositiveInt = 4  # video clips per worker per step
-    image_batch_size: PositiveInt = 4  # images (T = 1) per worker on image steps
+    steps: PositiveInt = 400
+    batch_size: PositiveInt = 2  # video clips per worker per step
+    image_batch_size: PositiveInt = 2  # images (T = 1) per worker on image steps
     image_every: NonNegativeInt = 4  # every Nth step is an image step; 0 = videos only
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     warmup_steps: NonNegativeInt = 30
@@ -155,19 +155,19 @@ class TrainTokenizerParams(_Strict):
     recon_loss: Literal["l1", "l2"] = "l2"
     perceptual_weight: Weight = 0.1
     perceptual_weights: str | None = None  # local LPIPS safetensors; None = no perceptual loss
-    entropy_weight: Weight = 0.05
+    entropy_weight: Weight = 0.1
     entropy_start_multiplier: Annotated[float, Field(ge=1)] = 3.0
     entropy_decay_steps: NonNegativeInt = 200
     gan_weight: Weight = 0.1
-    disc_start_step: NonNegativeInt = 350
-    disc_channels: PositiveInt = 16
+    disc_start_step: NonNegativeInt = 320
+    disc_channels: PositiveInt = 8
     lecam_weight: Weight = 0.05
     lecam_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
     bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
-    checkpoint_every: PositiveInt = 150
+    checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
-    eval_every: PositiveInt = 150
-    image_log_every: PositiveInt = 150
+    eval_every: PositiveInt = 100
+    image_log_every: PositiveInt = 200
     eval_clips: PositiveInt = 16  # held-out (val) clips for PSNR/SSIM and codebook usage
     storage_path: str = "runs"  # Ray Train run storage (checkpoints); a URI for clusters
 
@@ -229,10 +229,10 @@ class SamplingParams(_Strict):
 
 
 class TrainMLMParams(_Strict):
-    steps: PositiveInt = 400
-    batch_size: PositiveInt = 16  # token grids per worker per step
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 12  # token grids per worker per step
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    warmup_steps: NonNegativeInt = 40
+    warmup_steps: NonNegativeInt = 30
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
@@ -311,6 +311,17 @@ class Params(_Strict):
     train_mlm: TrainMLMParams = TrainMLMParams()
     tokenize: TokenizeParams = TokenizeParams()
     schedule: ScheduleParams = ScheduleParams()
+
+
+def check_clip_shape(params: Params, config) -> None:
+    """The decoded clip shape must suit the tokenizer's down-sampling factors."""
+    d = params.decode
+    try:
+        config.latent_shape(d.num_frames, d.crop_size, d.crop_size)
+    except ValueError as error:
+        raise ParamsError(
+            f"decode.num_frames / decode.crop_size do not fit the tokenizer: {error}"
+        ) from None
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import ray.data
 import ray.train
 import torch
 from mlflow.tracking import MlflowClient
@@ -73,6 +74,7 @@ def start_training_run(
     # a local instance needs a spare CPU beside the workers for Ray Data's tasks
     needed = int(ray_params.num_workers * ray_params.cpus_per_worker) + 1
     init_ray(num_cpus=max(os.cpu_count() or 1, needed))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)

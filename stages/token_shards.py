@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.tokenizer import CONFIG_FILE, WEIGHTS_FILE, TokenizerConfig
+from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+from models.tokenizer import TokenizerConfig
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

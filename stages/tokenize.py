@@ -31,11 +31,12 @@ import ray.data
 import torch
 from tqdm import tqdm
 
-from models.tokenizer import CONFIG_FILE, WEIGHTS_FILE, MagvitTokenizer, TokenizerConfig
+from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+from models.tokenizer import MagvitTokenizer, TokenizerConfig
 from stages.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths, write_table_atomic
 from stages.logs import configure_logging
 from stages.mlflow_models import model_dir_from_uri
-from stages.params import Params, ParamsError, TokenizeParams, load_params
+from stages.params import Params, ParamsError, TokenizeParams, check_clip_shape, load_params
 from stages.ray_runtime import init_ray
 from stages.token_shards import (
     TOKEN_SCHEMA,
@@ -301,16 +302,6 @@ def write_chunks(results: ray.data.Dataset, chunks: list[Chunk], out_dir: Path) 
         counts["rejects"] += rejects
         progress.set_postfix(clips=counts["clips"], rejects=counts["rejects"])
     return counts
-
-
-def check_clip_shape(params: Params, config: TokenizerConfig) -> None:
-    d = params.decode
-    try:
-        config.latent_shape(d.num_frames, d.crop_size, d.crop_size)
-    except ValueError as error:
-        raise ParamsError(
-            f"decode.num_frames / decode.crop_size do not fit the tokenizer: {error}"
-        ) from None
 
 
 def run_tokenize(

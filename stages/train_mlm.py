@@ -2,7 +2,7 @@
 
 Reads the train token grids with Ray Data (split across Ray Train workers), trains with
 stages.mlm_training, and writes artifacts/mlm/ (config.json + model.safetensors +
-metrics.json) and sample GIFs per class and for frame prediction in artifacts/mlm_samples/.
+metrics.json) and sample GIFs per class and for frame prediction in artifacts/mlm/samples/.
 A killed run resumes from its last checkpoint when the stage is run again.
 """
 
@@ -33,7 +33,7 @@ log = logging.getLogger("train_mlm")
 TOKENS_DIR = Path("data/tokens")
 TOKENIZER_DIR = Path("artifacts/tokenizer")
 OUT_DIR = Path("artifacts/mlm")
-SAMPLES_DIR = Path("artifacts/mlm_samples")
+SAMPLES_DIR = Path("artifacts/mlm/samples")
 PLOTS = Path("artifacts/mlm_plots/curves.csv")
 EXPERIMENT = "magvit2-mlm"
 REGISTERED_MODEL = "magvit2-mlm"

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import ray.data
 import torch
 
-from models.tokenizer import MagvitTokenizer, TokenizerConfig
+from models.tokenizer import MagvitTokenizer
 from stages.clip_shards import clip_frames, shard_paths
 from stages.logs import configure_logging
 from stages.mlflow_models import TokenizerPyfunc, register_model_dir
 from stages.mlflow_tracking import log_final_metrics, mean_metric, write_metric_curves
-from stages.params import Params, ParamsError, load_params
+from stages.params import check_clip_shape, load_params
 from stages.ray_training import files_fingerprint, final_state, fit, start_training_run
 from stages.tokenizer_training import evaluate, train_loop
 
@@ -34,17 +34,6 @@ PLOTS = Path("artifacts/tokenizer_plots/curves.csv")
 EXPERIMENT = "magvit2-tokenizer"
 REGISTERED_MODEL = "magvit2-tokenizer"
 CURVES = ("loss/recon", "loss/commitment", "loss/entropy", "loss/g_adv", "loss/d_hinge", "val/psnr")
-
-
-def check_clip_shape(params: Params, config: TokenizerConfig) -> None:
-    """The decoded clip shape must suit the model's down-sampling factors."""
-    d = params.decode
-    try:
-        config.latent_shape(d.num_frames, d.crop_size, d.crop_size)
-    except ValueError as error:
-        raise ParamsError(
-            f"decode.num_frames / decode.crop_size do not fit the tokenizer: {error}"
-        ) from None
 
 
 def load_clips(clips_dir: Path, split: str, where=None, limit: int | None = None) -> list[dict]:
@@ -85,7 +74,6 @@ def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
 
 def training_datasets(train_shards: list[Path]) -> tuple[dict, bool]:
     """Ray Datasets of train videos and (when present) images, materialised once."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch bars drown the log
     columns = ["num_frames", "height", "width", "frames"]
     counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
     base = ray.data.read_parquet([str(p.resolve()) for p in train_shards]).select_columns(columns)

@@ -82,11 +82,11 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     assert saved["steps"] == 8 and 0 <= saved["val_class_accuracy"] <= 1
     assert saved == json.loads(json.dumps(metrics))
 
-    gifs = sorted((workspace / "artifacts" / "mlm_samples").glob("class_*.gif"))
+    gifs = sorted((workspace / "artifacts" / "mlm" / "samples").glob("class_*.gif"))
     assert len(gifs) == 8
     with Image.open(gifs[0]) as gif:
         assert gif.n_frames == 5 and gif.size == (2 * 32, 32)  # 2 samples side by side
-    assert (workspace / "artifacts" / "mlm_samples" / "frame_prediction_0.gif").is_file()
+    assert (workspace / "artifacts" / "mlm" / "samples" / "frame_prediction_0.gif").is_file()
 
     client = MlflowClient()
     run_info = client.get_run(metrics["mlflow_run_id"])

@@ -53,6 +53,8 @@ def test_codebook_usage_counts_codes_and_perplexity():
     used, perplexity = codebook_usage(tokens, codebook_size=8)
     assert used == 0.5 and perplexity == pytest.approx(4.0)
     assert codebook_usage(torch.zeros(10, dtype=torch.long), 4) == (0.25, pytest.approx(1.0))
+    # fewer tokens than codes: each distinct token counts against the token count
+    assert codebook_usage(torch.tensor([5, 6, 7, 7]), codebook_size=1024)[0] == 0.75
 
 
 def test_run_key_changes_with_what_defines_the_run():
@@ -64,8 +66,7 @@ def test_run_key_changes_with_what_defines_the_run():
 
 
 def test_clip_shape_must_fit_the_tokenizer():
-    from stages.params import ParamsError, parse_params
-    from stages.train_tokenizer import check_clip_shape
+    from stages.params import ParamsError, check_clip_shape, parse_params
 
     params = parse_params({"decode": {"resize_short_side": 72, "crop_size": 60}})
     with pytest.raises(ParamsError, match="decode.num_frames / decode.crop_size"):
