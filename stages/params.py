@@ -155,7 +155,7 @@ class TrainTokenizerParams(_Strict):
     recon_loss: Literal["l1", "l2"] = "l2"
     perceptual_weight: Weight = 0.1
     perceptual_weights: str | None = None  # local LPIPS safetensors; None = no perceptual loss
-    entropy_weight: Weight = 0.1
+    entropy_weight: Weight = 0.07
     entropy_start_multiplier: Annotated[float, Field(ge=1)] = 3.0
     entropy_decay_steps: NonNegativeInt = 200
     gan_weight: Weight = 0.1
@@ -168,7 +168,7 @@ class TrainTokenizerParams(_Strict):
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 100
     image_log_every: PositiveInt = 200
-    eval_clips: PositiveInt = 16  # held-out (val) clips for PSNR/SSIM and codebook usage
+    eval_clips: PositiveInt = 32  # held-out (val) clips for PSNR/SSIM and codebook usage
     storage_path: str = "runs"  # Ray Train run storage (checkpoints); a URI for clusters
 
     @model_validator(mode="after")

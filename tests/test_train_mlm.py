@@ -1,6 +1,7 @@
 """Masked-model training on Ray Train (2 workers), samples, registry, and `magvit generate`."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
         assert gif.n_frames == 5 and gif.size == (2 * 32, 32)  # 2 samples side by side
     assert (workspace / "artifacts" / "mlm" / "samples" / "frame_prediction_0.gif").is_file()
 
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_info = client.get_run(metrics["mlflow_run_id"])
     for key in ("loss/masked_tokens", "train/masked_accuracy", "lr", "tokens_per_s",
                 "val/class_accuracy", "val/frame_prediction_accuracy"):  # fmt: skip

@@ -80,7 +80,7 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     curves = (workspace / "artifacts" / "tokenizer_plots" / "curves.csv").read_text().splitlines()
     assert curves[0].startswith("step,loss/recon") and len(curves) > 3
 
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(state["mlflow_run_id"])
     for key in (
         "loss/recon", "loss/commitment", "loss/entropy", "loss/g_adv", "loss/d_hinge",
@@ -137,7 +137,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
 
     final = load_state_file(checkpoints(workspace / "runs")[-1].parent)
     assert final["step"] == 16
-    run = MlflowClient().get_run(final["mlflow_run_id"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(final["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    resumed = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "resume")]
+    resumed = [a.path for a in client.list_artifacts(run.info.run_id, "resume")]
     assert resumed == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"
