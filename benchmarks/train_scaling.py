@@ -10,6 +10,7 @@ prints the mean clips/s the workers logged, leaving out the first logging window
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
+
+from stages.ray_runtime import init_ray
+from stages.train_tokenizer import run
 
 
 def clips_per_s(workspace: Path, run_id: str) -> float:
@@ -38,23 +42,18 @@ def main() -> None:
         "checkpoint_every": args.steps, "image_log_every": args.steps,
         "disc_start_step": args.steps // 2,
     }  # fmt: skip
+    init_ray(num_cpus=3)  # from the repo folder: Ray's processes keep this working directory
     rates = {}
-    for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            workspace = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            workspace = Path(tmp) / f"workers-{workers}"
             shutil.copytree(args.clips, workspace / "data" / "clips")
             params["ray"]["train"]["num_workers"] = workers
             params["train_tokenizer"]["storage_path"] = str(workspace / "runs")
             (workspace / "params.yaml").write_text(yaml.safe_dump(params))
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workspace / 'mlflow.db'}"
-            cwd = os.getcwd()
-            os.chdir(workspace)
-            try:
-                from stages.train_tokenizer import run
-
+            with contextlib.chdir(workspace):
                 metrics = run("params.yaml")
-            finally:
-                os.chdir(cwd)
             rates[workers] = clips_per_s(workspace, metrics["mlflow_run_id"])
     print(f"{'workers':>8} {'clips/s':>9}")
     for workers, rate in rates.items():
