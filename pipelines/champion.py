@@ -1,7 +1,8 @@
 """Moving a registered model's `champion` alias only to a better version.
 
-The figures compared are MLflow metrics (`final/...`) of the runs that registered the
-versions: the newest version against the one holding `champion`.
+The figures compared are MLflow metrics of the runs that registered the versions (the
+training stages log `final/...`, the evaluate stage adds `eval/...`): the newest version
+against the one holding `champion`.
 """
 
 from __future__ import annotations

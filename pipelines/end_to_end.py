@@ -95,14 +95,20 @@ def _check(result: CommandResult, stage: str, args: list[str]) -> None:
         )
 
 
-def files_to_save(repo: Path, stage: str) -> list[str]:
+def files_to_save(repo: Path) -> list[str]:
     """Untracked files the experiment commit must hold, as `dvc exp run` would add them: the
-    stage's uncached outputs (metrics, reports) and the .gitignore files DVC wrote."""
+    uncached outputs (metrics, reports, plots) of every stage run so far, and the .gitignore
+    files DVC wrote. Each save starts again from the baseline commit, so an earlier stage's
+    outputs must be named again or the experiment loses them."""
     from dvc.repo import Repo
 
     with Repo(str(repo)) as dvc_repo:
-        (found,) = dvc_repo.stage.collect(stage)
-        uncached = [out.def_path.rstrip("/") for out in found.outs if not out.use_cache]
+        uncached = [
+            out.def_path.rstrip("/")
+            for stage in dvc_repo.index.stages
+            for out in stage.outs
+            if not out.use_cache
+        ]
         untracked = dvc_repo.scm.untracked_files()
     return [
         path
@@ -140,7 +146,7 @@ def run_stage(
         return
     args = ["repro", *flags, stage]
     _check(run_dvc(args, repo, *limits), stage, args)
-    include = [arg for path in files_to_save(repo, stage) for arg in ("--include-untracked", path)]
+    include = [arg for path in files_to_save(repo) for arg in ("--include-untracked", path)]
     save = ["exp", "save", "--force", "--name", experiment, *include, stage]
     _check(run_dvc(save, repo, *limits), stage, save)
 

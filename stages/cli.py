@@ -28,6 +28,14 @@ COMMANDS = {
         "stages.train_mlm",
         "train the masked token model on token shards (Ray Train, MLflow), write samples",
     ),
+    "train-domain-classifier": (
+        "stages.train_domain_classifier",
+        "train the small 3D CNN whose features give fvd_domain / fid_domain",
+    ),
+    "evaluate": (
+        "stages.evaluate",
+        "reconstruction, compression (vs H.264 / HEVC) and generation metrics, to DVC + MLflow",
+    ),
     "generate": (
         "stages.generate",
         "generate videos: class-conditional or frame prediction, to GIF or MP4",

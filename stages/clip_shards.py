@@ -65,3 +65,33 @@ def shard_paths(clips_dir: Path, split: str | None = None) -> list[Path]:
 def iter_clip_rows(clips_dir: Path, split: str | None = None) -> Iterator[dict]:
     for path in shard_paths(clips_dir, split):
         yield from pq.read_table(path).to_pylist()
+
+
+# the kinds of clip evaluated separately: labelled synthetic videos, real footage, images
+CLIP_KINDS = {
+    "synthetic": lambda r: r["label"] is not None and r["num_frames"] > 1,
+    "real": lambda r: r["label"] is None and r["num_frames"] > 1,
+    "image": lambda r: r["num_frames"] == 1,
+}
+
+
+def load_clips(clips_dir: Path, split: str, where=None, limit: int | None = None) -> list[dict]:
+    """Rows of one split (frames decoded), in shard order, filtered by `where(row)`."""
+    rows = []
+    for path in shard_paths(clips_dir, split):
+        for row in pq.read_table(path).to_pylist():
+            if where is None or where(row):
+                rows.append(row)
+                if limit and len(rows) >= limit:
+                    return rows
+    return rows
+
+
+def held_out_sets(clips_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """uint8 clip arrays of a split, by kind: synthetic (labelled), real videos, images."""
+    sets = {}
+    for name, where in CLIP_KINDS.items():
+        rows = load_clips(clips_dir, split, where)
+        if rows:
+            sets[name] = np.stack([clip_frames(r) for r in rows])
+    return sets

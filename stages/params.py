@@ -256,6 +256,38 @@ class TrainMLMParams(_Strict):
         return self
 
 
+class DomainClassifierParams(_Strict):
+    """The domain feature network (models.domain_classifier): fvd_domain, fid_domain, class
+    accuracy of samples. Trained on the labelled train clips by `train_domain_classifier`."""
+
+    channels: tuple[PositiveInt, ...] = (16, 32, 64, 64)
+    feature_dim: PositiveInt = 128
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+
+
+class GenerationEvalParams(_Strict):
+    samples_per_class: PositiveInt = 8  # class-conditional samples per class
+    frame_prediction_clips: PositiveInt = 32  # held-out clips whose first frames are continued
+
+
+class EvaluateParams(_Strict):
+    """Stage `evaluate`. Standard feature networks load only from local files: a path left
+    null (or missing on disk) skips FID / IS / FVD / LPIPS with a logged reason."""
+
+    inception_weights: str | None = None  # pytorch-fid's pt_inception-2015-12-05 .pth
+    i3d_weights: str | None = None  # pytorch-i3d rgb_imagenet.pt (Kinetics-400 I3D)
+    lpips_weights: str | None = None  # LPIPS-VGG16 safetensors (see train_tokenizer)
+    max_clips: PositiveInt = 64  # held-out clips per set for reconstruction and references
+    compression_clips: PositiveInt = 16  # held-out clips encoded by each codec
+    codecs: list[Literal["h264", "hevc"]] = ["h264", "hevc"]
+    rd_crfs: list[Annotated[int, Field(ge=0, le=51)]] = [18, 26, 34, 42, 51]
+    batch_size: PositiveInt = 16
+    generation: GenerationEvalParams = GenerationEvalParams()
+
+
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
 
@@ -273,8 +305,10 @@ class ScheduleParams(_Strict):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     champions: dict[str, ChampionParams] = {
-        "magvit2-tokenizer": ChampionParams(metric="final/test_synthetic_psnr"),
-        "magvit2-mlm": ChampionParams(metric="final/val_class_accuracy"),
+        "magvit2-tokenizer": ChampionParams(metric="eval/reconstruction/synthetic/psnr"),
+        "magvit2-mlm": ChampionParams(
+            metric="eval/generation/class_conditional/fvd_domain", direction="min"
+        ),
     }
 
     @field_validator("cron")
@@ -310,6 +344,8 @@ class Params(_Strict):
     mlm: MLMModelParams = MLMModelParams()
     train_mlm: TrainMLMParams = TrainMLMParams()
     tokenize: TokenizeParams = TokenizeParams()
+    domain_classifier: DomainClassifierParams = DomainClassifierParams()
+    evaluate: EvaluateParams = EvaluateParams()
     schedule: ScheduleParams = ScheduleParams()
 
 

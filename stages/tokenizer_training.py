@@ -101,7 +101,8 @@ def use_bf16(setting: str, device: torch.device) -> bool:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, clips: np.ndarray, device, batch_size: int = 4) -> dict:
-    """PSNR / SSIM of reconstructions and codebook usage on uint8 clips [N, T, H, W, 3]."""
+    """PSNR / SSIM of reconstructions and codebook usage on uint8 clips [N, T, H, W, 3];
+    also the reconstructions ("recon", uint8) and token grids ("tokens", [N, t, h, w])."""
     model.eval()
     recons, tokens = [], []
     for start in range(0, len(clips), batch_size):
@@ -109,14 +110,15 @@ def evaluate(model: nn.Module, clips: np.ndarray, device, batch_size: int = 4) -
         quantized = model.encode_to_codes(x)
         recons.append(to_uint8_video(model.decode_codes(quantized.codes)))
         tokens.append(quantized.indices.cpu())
-    recon = np.concatenate(recons)
-    usage, perplexity = codebook_usage(torch.cat(tokens), model.codebook_size)
+    recon, tokens = np.concatenate(recons), torch.cat(tokens)
+    usage, perplexity = codebook_usage(tokens, model.codebook_size)
     return {
         "psnr": psnr(clips, recon),
         "ssim": ssim(clips, recon),
         "codebook_utilisation": usage,
         "perplexity": perplexity,
         "recon": recon,
+        "tokens": tokens.numpy(),
     }
 
 
@@ -237,7 +239,7 @@ def _eval_metrics(model, clips, device, logger, step: int, log_images: bool = Tr
     if log_images:
         grid = video_grid(clips, result["recon"])
         logger.image(grid, "reconstructions", step)
-    return {f"val/{k}": v for k, v in result.items() if k != "recon"}
+    return {f"val/{k}": v for k, v in result.items() if k not in ("recon", "tokens")}
 
 
 class _Window:

@@ -19,7 +19,7 @@ import ray.data
 import torch
 
 from models.tokenizer import MagvitTokenizer
-from stages.clip_shards import clip_frames, shard_paths
+from stages.clip_shards import clip_frames, held_out_sets, load_clips, shard_paths
 from stages.logs import configure_logging
 from stages.mlflow_models import TokenizerPyfunc, register_model_dir
 from stages.mlflow_tracking import log_final_metrics, mean_metric, write_metric_curves
@@ -34,33 +34,6 @@ PLOTS = Path("artifacts/tokenizer_plots/curves.csv")
 EXPERIMENT = "magvit2-tokenizer"
 REGISTERED_MODEL = "magvit2-tokenizer"
 CURVES = ("loss/recon", "loss/commitment", "loss/entropy", "loss/g_adv", "loss/d_hinge", "val/psnr")
-
-
-def load_clips(clips_dir: Path, split: str, where=None, limit: int | None = None) -> list[dict]:
-    """Rows of one split (frames decoded), in shard order, filtered by `where(row)`."""
-    rows = []
-    for path in shard_paths(clips_dir, split):
-        for row in pq.read_table(path).to_pylist():
-            if where is None or where(row):
-                rows.append(row)
-                if limit and len(rows) >= limit:
-                    return rows
-    return rows
-
-
-def held_out_sets(clips_dir: Path, split: str) -> dict[str, np.ndarray]:
-    """uint8 clip arrays of a split, by kind: synthetic (labelled), real videos, images."""
-    kinds = {
-        "synthetic": lambda r: r["label"] is not None and r["num_frames"] > 1,
-        "real": lambda r: r["label"] is None and r["num_frames"] > 1,
-        "image": lambda r: r["num_frames"] == 1,
-    }
-    sets = {}
-    for name, where in kinds.items():
-        rows = load_clips(clips_dir, split, where)
-        if rows:
-            sets[name] = np.stack([clip_frames(r) for r in rows])
-    return sets
 
 
 def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:

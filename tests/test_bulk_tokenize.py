@@ -5,7 +5,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from clip_fixtures import write_clip_folder
 from test_tokenize import DECODE, tiny_tokenizer
 
 from models.tokenizer import MagvitTokenizer
@@ -22,6 +21,7 @@ from stages.token_shards import (
     tokenizer_fingerprint,
 )
 
+from clip_fixtures import write_clip_folder
 from media import index_video, png, textured_video
 
 PARAMS = parse_params(

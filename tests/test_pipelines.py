@@ -114,12 +114,41 @@ def experiment_file(repo: Path, name: str, path: str) -> str:
     return git(repo, "show", f"{ref}:{path}")
 
 
+# every stage, trained for a few steps: the whole graph in a few minutes
+TINY_TRAINING = [
+    "ray.train.num_workers=1",
+    "train_tokenizer.steps=4",
+    "train_tokenizer.warmup_steps=1",
+    "train_tokenizer.entropy_decay_steps=2",
+    "train_tokenizer.disc_start_step=2",
+    "train_tokenizer.image_every=0",
+    "train_tokenizer.checkpoint_every=2",
+    "train_tokenizer.eval_every=2",
+    "train_tokenizer.image_log_every=2",
+    "train_tokenizer.eval_clips=2",
+    "tokenize.actors=1",
+    "train_mlm.steps=4",
+    "train_mlm.batch_size=2",
+    "train_mlm.warmup_steps=1",
+    "train_mlm.checkpoint_every=2",
+    "train_mlm.eval_every=2",
+    "train_mlm.sampling.steps=2",
+    "train_mlm.sampling.samples_per_class=1",
+    "domain_classifier.steps=5",
+    "evaluate.max_clips=4",
+    "evaluate.compression_clips=2",
+    "evaluate.codecs=[h264]",
+    "evaluate.rd_crfs=[30,50]",
+    "evaluate.generation.samples_per_class=1",
+    "evaluate.generation.frame_prediction_clips=2",
+]
+
+
 @pytest.fixture(scope="module")
 def small_run(repo):
     state = end_to_end(
         repo_dir=str(repo),
-        overrides=SMALL_CORPUS,
-        until="validate_clips",
+        overrides=[*SMALL_CORPUS, *TINY_TRAINING],
         experiment="small",
         return_state=True,
         **FAST,
@@ -130,8 +159,9 @@ def small_run(repo):
 def test_end_to_end_runs_each_stage_as_a_task_of_one_dvc_experiment(repo, small_run):
     assert small_run.is_completed(), small_run.message
     assert small_run.result() == "small"
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     runs = task_runs(small_run)
-    assert sorted(runs) == ["corpus", "decode", "validate_clips"]
+    assert sorted(runs) == sorted(stages) and "evaluate" in runs
     assert all(run.state.is_completed() for run in runs.values())
     logs = task_logs(runs["decode"])  # the stage's output, line by line
     assert "Running stage 'decode':" in logs and "> magvit decode" in logs
@@ -142,21 +172,36 @@ def test_end_to_end_runs_each_stage_as_a_task_of_one_dvc_experiment(repo, small_
         "train",
         "val",
     ]
-    assert (repo / "artifacts" / "validation" / "clips.json").is_file()
-    assert "train_tokenizer" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for output in (
+        "artifacts/validation/clips.json",
+        "artifacts/tokenizer/model.safetensors",
+        "data/tokens/manifest.json",
+        "artifacts/validation/tokens.json",
+        "artifacts/mlm/model.safetensors",
+        "artifacts/domain_classifier/model.safetensors",
+        "artifacts/eval/metrics.json",
+        "artifacts/eval/rate_distortion/h264.csv",
+    ):
+        assert (repo / output).is_file(), output
+    tokenizer = json.loads((repo / "artifacts/tokenizer/metrics.json").read_text())
+    assert tokenizer["steps"] == 4
+    metrics = json.loads((repo / "artifacts/eval/metrics.json").read_text())
+    assert set(metrics) == {"reconstruction", "compression", "generation"}
 
     listed = subprocess.run(
         [BIN / "dvc", "exp", "list"], cwd=repo, capture_output=True, text=True, check=True
     )
     assert "small" in listed.stdout
-    # the experiment holds the overrides and the lock entry of the last stage
+    # the experiment holds the overrides and the lock entries of every stage
     params = yaml.safe_load(experiment_file(repo, "small", "params.yaml"))
     assert params["corpus"]["source"] == "videos/manifest.csv"
     assert params["decode"]["crop_size"] == 32
+    assert params["evaluate"]["codecs"] == ["h264"]
     lock = yaml.safe_load(experiment_file(repo, "small", "dvc.lock"))
-    assert sorted(lock["stages"]) == ["corpus", "decode", "validate_clips"]
+    assert sorted(lock["stages"]) == sorted(stages)
     report = json.loads(experiment_file(repo, "small", "artifacts/validation/clips.json"))
     assert report["success"] is True  # uncached outputs are committed with the experiment
+    assert json.loads(experiment_file(repo, "small", "artifacts/eval/metrics.json")) == metrics
 
 
 def test_a_failing_stage_fails_its_task_with_the_stage_error(repo, small_run):

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from clip_fixtures import write_clip_folder
 from mlflow.tracking import MlflowClient
 
 from models.tokenizer import MagvitTokenizer
 from stages.mlflow_models import model_dir_from_uri
 from stages.ray_training import load_state_file
+
+from clip_fixtures import write_clip_folder
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}

@@ -1,0 +1,359 @@
+"""Stage `evaluate`: reconstruction, compression and generation metrics (paper section 4).
+
+- Reconstruction of held-out test clips, synthetic and real footage apart: PSNR, SSIM,
+  MS-SSIM, codebook utilisation and perplexity, rFVD on domain features; LPIPS, rFVD (I3D) and
+  rFID (InceptionV3) when their weights are given.
+- Compression (Table 3 in small): bits per pixel of the token stream, raw and entropy coded,
+  against H.264 and HEVC at the coded token rate, with PSNR / MS-SSIM; rate-distortion curves.
+- Generation: class-conditional samples and frame prediction, scored against held-out real
+  clips by fvd_domain / fid_domain (FVD / FID / IS with weights) and by the domain classifier's
+  class accuracy. The floor is the same distance for real train clips, as many as samples.
+
+Writes artifacts/eval/ (metrics.json, skipped.json, rate_distortion/*.csv, samples/) and one
+MLflow run linked to the tokenizer and MLM runs, whose runs also get the headline `eval/*`
+metrics so the nightly champion decision can compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.frechet import frechet_distance_between
+from models.i3d import i3d_features
+from models.inception import inception_features, inception_outputs, inception_score
+from models.mlm import MaskedTokenTransformer
+from models.recon_metrics import ms_ssim, psnr
+from models.tokenizer import MagvitTokenizer
+from stages.clip_batches import to_model_input
+from stages.clip_shards import CLIP_KINDS, clip_frames, held_out_sets, load_clips
+from stages.compression import (
+    codec_at_bpp,
+    encode_tokens,
+    rate_distortion_curve,
+    token_bits_per_pixel,
+)
+from stages.feature_nets import FeatureNets, load_feature_nets
+from stages.generation import class_samples, predict_frames, sampler_config, tile_clips, write_gif
+from stages.logs import configure_logging
+from stages.mlflow_tracking import experiment_id, tracking_uri
+from stages.params import Params, load_params
+from stages.tokenizer_training import evaluate as reconstruct
+from stages.train_domain_classifier import domain_outputs
+
+log = logging.getLogger("evaluate")
+CLIPS_DIR = Path("data/clips")
+TOKENIZER_DIR = Path("artifacts/tokenizer")
+MLM_DIR = Path("artifacts/mlm")
+DOMAIN_DIR = Path("artifacts/domain_classifier")
+OUT_DIR = Path("artifacts/eval")
+EXPERIMENT = "magvit2-evaluation"
+
+
+def spread(clips: np.ndarray, count: int) -> np.ndarray:
+    """At most `count` clips, evenly spaced over the set (clips of one video are adjacent)."""
+    picks = np.unique(np.linspace(0, len(clips) - 1, min(count, len(clips))).round().astype(int))
+    return clips[picks]
+
+
+def as_frames(videos: np.ndarray) -> np.ndarray:
+    """uint8 [N, T, H, W, 3] -> [N * T, 1, H, W, 3]: each frame a T = 1 clip."""
+    return videos.reshape(-1, 1, *videos.shape[2:])
+
+
+def frechet_metrics(nets: FeatureNets, real: np.ndarray, fake: np.ndarray, batch: int) -> dict:
+    """Fréchet distances of two uint8 video sets under every network that is loaded.
+
+    A distance needs two feature rows a side: video distances are left out for sets of one
+    clip (and for images), frame distances for sets of one frame.
+    """
+    domain = nets.domain
+    metrics = {}
+    if min(len(real), len(fake)) * real.shape[1] >= 2:
+        metrics["fid_domain"] = frechet_distance_between(
+            domain_outputs(domain, as_frames(real), batch)[0],
+            domain_outputs(domain, as_frames(fake), batch)[0],
+        )
+        if nets.inception is not None:
+            metrics["fid"] = frechet_distance_between(
+                inception_features(nets.inception, as_frames(real)[:, 0], batch),
+                inception_features(nets.inception, as_frames(fake)[:, 0], batch),
+            )
+    if min(len(real), len(fake)) >= 2 and real.shape[1] > 1:
+        metrics["fvd_domain"] = frechet_distance_between(
+            domain_outputs(domain, real, batch)[0], domain_outputs(domain, fake, batch)[0]
+        )
+        if nets.i3d is not None:
+            metrics["fvd"] = frechet_distance_between(
+                i3d_features(nets.i3d, real, batch), i3d_features(nets.i3d, fake, batch)
+            )
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def lpips_distance(lpips: torch.nn.Module, real: np.ndarray, fake: np.ndarray, batch: int) -> float:
+    scores = [
+        float(lpips(to_model_input(fake[i : i + batch]), to_model_input(real[i : i + batch])))
+        for i in range(0, len(real), batch)
+    ]
+    return float(np.mean(scores))
+
+
+def reconstruction_metrics(
+    tokenizer: MagvitTokenizer, sets: dict[str, np.ndarray], nets: FeatureNets, batch: int
+) -> dict:
+    """Per kind of held-out clip (synthetic, real, image): quality of the reconstructions."""
+    metrics = {}
+    for kind, clips in sets.items():
+        result = reconstruct(tokenizer, clips, "cpu", batch)
+        recon = result["recon"]
+        scores = {
+            "psnr": result["psnr"],
+            "ssim": result["ssim"],
+            "ms_ssim": ms_ssim(clips, recon),
+            "codebook_utilisation": result["codebook_utilisation"],
+            "perplexity": result["perplexity"],
+        }
+        if nets.lpips is not None:
+            scores["lpips"] = lpips_distance(nets.lpips, clips, recon, batch)
+        frechet = frechet_metrics(nets, clips, recon, batch)
+        scores |= {f"r{name}": value for name, value in frechet.items()}  # rFVD, rFID...
+        metrics[kind] = {k: round(float(v), 4) for k, v in scores.items()} | {"clips": len(clips)}
+    return metrics
+
+
+def compression_metrics(
+    tokenizer: MagvitTokenizer, clips: np.ndarray, params: Params
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Token-stream bpp (raw, coded) and the codecs at the coded rate; rate-distortion rows.
+
+    Every clip is coded on its own, by the token coder as by the codecs (one clip, one
+    stream). A codec whose lowest rate (CRF 51) still lies above the token rate cannot be
+    matched; `matched` says whether the achieved bpp is within 10% of the target.
+    """
+    result = reconstruct(tokenizer, clips, "cpu", params.evaluate.batch_size)
+    tokens, bits, fps = result["tokens"], tokenizer.config.bits, params.decode.fps
+    pixels = int(np.prod(clips.shape[:4]))  # clips x frames x height x width
+    coded_bits = sum(8 * len(encode_tokens(clip_tokens.ravel(), bits)) for clip_tokens in tokens)
+    coded_bpp = coded_bits / pixels
+    ours = {
+        "bpp_raw": token_bits_per_pixel(tokens.size, bits, pixels),
+        "bpp_coded": coded_bpp,
+        "psnr": psnr(clips, result["recon"]),
+        "ms_ssim": ms_ssim(clips, result["recon"]),
+    }
+    metrics = {"magvit": ours, "clips": len(clips)}
+    curves = {
+        "magvit": [{"crf": "", "bpp": coded_bpp, "psnr": ours["psnr"], "ms_ssim": ours["ms_ssim"]}]
+    }
+    for codec in params.evaluate.codecs:
+        matched = codec_at_bpp(list(clips), codec, coded_bpp, fps=fps)
+        metrics[codec] = {
+            "bpp": matched.bpp,
+            "crf": matched.crf,
+            "matched": abs(matched.bpp - coded_bpp) <= 0.1 * coded_bpp,
+            "psnr": matched.psnr,
+            "ms_ssim": matched.ms_ssim,
+        }
+        rows = rate_distortion_curve(list(clips), codec, params.evaluate.rd_crfs, fps=fps)
+        curves[codec] = [
+            {"crf": r.crf, "bpp": r.bpp, "psnr": r.psnr, "ms_ssim": r.ms_ssim} for r in rows
+        ]
+    return _rounded(metrics), curves
+
+
+def _rounded(tree):
+    if isinstance(tree, dict):
+        return {k: _rounded(v) for k, v in tree.items()}
+    return round(float(tree), 5) if isinstance(tree, float) else tree
+
+
+def generation_metrics(
+    mlm: MaskedTokenTransformer,
+    tokenizer: MagvitTokenizer,
+    nets: FeatureNets,
+    clips_dir: Path,
+    params: Params,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Class-conditional and frame-prediction samples scored against held-out real clips."""
+    gen, batch, seed = params.evaluate.generation, params.evaluate.batch_size, params.seed
+    config = sampler_config(params.train_mlm.sampling)
+    classes = range(mlm.config.num_classes)
+    samples = np.concatenate(
+        [class_samples(mlm, tokenizer, c, gen.samples_per_class, config, seed + c) for c in classes]
+    )
+    requested = np.repeat(np.arange(mlm.config.num_classes), gen.samples_per_class)
+    reference = labelled_videos(clips_dir, ("val", "test"), params.evaluate.max_clips)[0]
+    train_clips = labelled_videos(clips_dir, ("train",), None)[0]
+    floor_pick = np.random.default_rng(seed).permutation(len(train_clips))[: len(samples)]
+
+    metrics = {"class_conditional": frechet_metrics(nets, reference, samples, batch)}
+    metrics["class_conditional"]["class_accuracy"] = float(
+        (domain_outputs(nets.domain, samples, batch)[1] == requested).mean()
+    )
+    metrics["class_conditional"]["samples"] = len(samples)
+    if nets.inception is not None:
+        logits = inception_outputs(nets.inception, as_frames(samples)[:, 0], batch)[1]
+        metrics["class_conditional"]["inception_score"] = inception_score(logits)[0]
+    metrics["real_floor"] = frechet_metrics(nets, reference, train_clips[floor_pick], batch)
+    metrics["real_floor"]["clips"] = len(floor_pick)
+
+    truth, labels = labelled_videos(clips_dir, ("test",), gen.frame_prediction_clips)
+    predicted = np.concatenate(
+        [
+            predict_frames(mlm, tokenizer, clip, params.train_mlm.condition_frames, 1, config, seed)
+            for clip in truth
+        ]
+    )
+    given = 1 + 4 * (params.train_mlm.condition_frames - 1)  # pixel frames in the condition
+    metrics["frame_prediction"] = frechet_metrics(nets, truth, predicted, batch) | {
+        "class_accuracy": float(
+            (domain_outputs(nets.domain, predicted, batch)[1] == labels).mean()
+        ),
+        "future_psnr": psnr(truth[:, given:], predicted[:, given:]),
+        "clips": len(truth),
+    }
+    media = {"class_conditional": samples, "frame_prediction": np.stack([truth, predicted], 1)}
+    return _rounded(metrics), media
+
+
+def labelled_videos(
+    clips_dir: Path, splits: tuple[str, ...], limit: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for split in splits for r in load_clips(clips_dir, split, CLIP_KINDS["synthetic"])]
+    if not rows:
+        raise ValueError(f"no labelled video clips in {splits} under {clips_dir}")
+    clips = np.stack([clip_frames(r) for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    if limit is None:
+        return clips, labels
+    picks = np.unique(np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(int))
+    return clips[picks], labels[picks]
+
+
+def write_media(media: dict[str, np.ndarray], columns: int, out_dir: Path, fps: float) -> list:
+    """Sample grids: a GIF per task (clips side by side) and a PNG of every frame."""
+    paths = []
+    samples = media["class_conditional"]
+    pairs = media["frame_prediction"][:8]  # [n, 2 (truth, predicted), T, H, W, 3]
+    grids = {
+        "class_conditional": tile_clips(samples, columns),
+        "frame_prediction": tile_clips(pairs.reshape(-1, *pairs.shape[2:]), 2),
+    }
+    for name, grid in grids.items():  # grid [T, H', W', 3]
+        write_gif(grid, out_dir / f"{name}.gif", fps)
+        Image.fromarray(np.concatenate(list(grid), axis=1)).save(out_dir / f"{name}.png")
+        paths += [out_dir / f"{name}.gif", out_dir / f"{name}.png"]
+    return paths
+
+
+def write_curves(curves: dict[str, list[dict]], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in curves.items():
+        with (out_dir / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["crf", "bpp", "psnr", "ms_ssim"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
+    """{"a": {"b": 1}} -> {"a/b": 1.0}, numbers only (MLflow metric names)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def record_in_mlflow(metrics: dict, skipped: dict, params: Params, out_dir: Path) -> str:
+    """One evaluation run, linked to the model runs; the model runs get `eval/*` metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    sources = {
+        name: json.loads((directory / "metrics.json").read_text())
+        for name, directory in (("tokenizer", TOKENIZER_DIR), ("mlm", MLM_DIR))
+    }
+    tags = {f"{name}_run_id": m.get("mlflow_run_id", "") for name, m in sources.items()}
+    tags |= {f"skipped/{k}": v for k, v in skipped.items()}
+    run = client.create_run(experiment_id(client, EXPERIMENT), run_name="evaluate", tags=tags)
+    run_id = run.info.run_id
+    for key, value in flatten(params.evaluate.model_dump()).items():
+        client.log_param(run_id, key, value)
+    for key, value in flatten(metrics).items():
+        client.log_metric(run_id, key, value)
+    client.log_artifacts(run_id, str(out_dir))
+    headline = {"tokenizer": ("reconstruction", "compression"), "mlm": ("generation",)}
+    for name, sections in headline.items():
+        model_run = tags[f"{name}_run_id"]
+        for key, value in flatten({s: metrics[s] for s in sections}, "eval/").items():
+            if model_run:
+                client.log_metric(model_run, key, value)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def run(
+    params_path: str = "params.yaml",
+    clips_dir: Path = CLIPS_DIR,
+    out_dir: Path = OUT_DIR,
+    record: bool = True,
+) -> dict:
+    params = load_params(params_path)
+    evaluate = params.evaluate
+    torch.manual_seed(params.seed)
+    tokenizer = MagvitTokenizer.from_pretrained(TOKENIZER_DIR).eval()
+    mlm = MaskedTokenTransformer.from_pretrained(MLM_DIR).eval()
+    nets = load_feature_nets(evaluate, DOMAIN_DIR)
+
+    sets = {k: spread(v, evaluate.max_clips) for k, v in held_out_sets(clips_dir, "test").items()}
+    videos = np.concatenate([sets[k] for k in ("synthetic", "real") if k in sets])
+    log.info("reconstruction of %s held-out clips", {k: len(v) for k, v in sets.items()})
+    metrics = {"reconstruction": reconstruction_metrics(tokenizer, sets, nets, evaluate.batch_size)}
+    log.info(
+        "compression: %d clips, codecs %s",
+        min(len(videos), evaluate.compression_clips),
+        evaluate.codecs,
+    )
+    compression, curves = compression_metrics(
+        tokenizer, spread(videos, evaluate.compression_clips), params
+    )
+    metrics["compression"] = compression
+    log.info("generation: %d samples per class", evaluate.generation.samples_per_class)
+    metrics["generation"], media = generation_metrics(mlm, tokenizer, nets, clips_dir, params)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_curves(curves, out_dir / "rate_distortion")
+    write_media(
+        media, evaluate.generation.samples_per_class, out_dir / "samples", params.decode.fps
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
+    if record:
+        run_id = record_in_mlflow(metrics, nets.skipped, params, out_dir)
+        log.info("evaluation recorded in MLflow run %s", run_id)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder")
+    parser.add_argument("--out", default=str(OUT_DIR), help="folder for metrics, plots, samples")
+    args = parser.parse_args(argv)
+    configure_logging()
+    run(args.params, Path(args.clips), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
