@@ -1,23 +1,33 @@
 """Tokenize throughput: the stage's Ray Data path at 1 and 2 actors against a plain loop.
 
-    python benchmarks/tokenize_throughput.py [--clips data/clips] [--tokenizer DIR] [--repeats 2]
+    python benchmarks/tokenize_throughput.py [--clips data/clips] [--tokenizer DIR] [--repeats 3]
 
 Clips/s over the same clip shards with the same model. The plain loop reads the shards in
-this process and calls `model.encode` on batches of `tokenize.batch_size` clips of one shape
-(torch using every core). The stage rows run `tokenize_dataset` + `write_chunks` (Ray Data
-read, actor pool, ordered token shard writes) with `tokenize.actors` = 1 and 2 on one local
-Ray instance; each actor is one CPU. The ratio is stage / plain loop: the pipeline's overhead
-(below 1) or its gain from parallel actors (above 1). Without --tokenizer an untrained model
-of the `tokenizer` params is used: speed does not depend on the weights.
+this process and calls `model.encode` on batches of `tokenize.batch_size` clips of one shape.
+Thread budgets match: the plain loop runs torch at 1 thread (the budget of one actor of one
+CPU) and at 2 threads (both cores in one process, beside 2 actors); every actor runs torch
+at 1 thread (`cpus_per_actor` = 1). The plain loop's figure excludes loading the model.
+
+The stage rows run `tokenize_dataset` + `write_chunks` (Ray Data read, actor pool, ordered
+token shard writes) with `tokenize.actors` = 1 and 2 on one local Ray instance of 3 logical
+CPUs (the actors plus one for the read tasks). Every stage run starts its actor pool: new
+worker processes import torch and load the model before the first batch. "end-to-end" is
+clips / the whole run; "steady" leaves that fixed start-up out: the stage also runs over the
+shards taken twice, and the extra clips are divided by the extra time. Ray's own start-up is
+not timed. Configurations are interleaved, `--repeats` times each, and the fastest run of
+each is used. Without --tokenizer an untrained model of the `tokenizer` params is used:
+speed does not depend on the weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +36,10 @@ import torch
 
 from models.tokenizer import MagvitTokenizer
 from stages.clip_shards import clip_frames, shard_paths
-from stages.params import load_params
+from stages.params import TokenizeParams, load_params
 from stages.ray_runtime import init_ray
 from stages.tokenize import (
+    actor_threads,
     clip_shard_dataset,
     plan_clip_chunks,
     read_checkpoint,
@@ -37,7 +48,8 @@ from stages.tokenize import (
 )
 
 
-def plain_loop(model: MagvitTokenizer, shards: list[Path], batch_size: int) -> int:
+def plain_loop(model: MagvitTokenizer, shards: list[Path], batch_size: int, threads: int) -> int:
+    torch.set_num_threads(threads)
     clips = 0
     for path in shards:
         by_shape = defaultdict(list)
@@ -50,21 +62,35 @@ def plain_loop(model: MagvitTokenizer, shards: list[Path], batch_size: int) -> i
     return clips
 
 
-def stage_path(model_dir: Path, shards: list[Path], params, out_dir: Path) -> int:
+def stage_path(model_dir: Path, shards: list[Path], params: TokenizeParams, out: Path) -> int:
     chunks = plan_clip_chunks(shards)
     results = tokenize_dataset(
         clip_shard_dataset(chunks, params.batch_size), read_checkpoint(model_dir), params
     )
-    return write_chunks(results, chunks, out_dir)["clips"]
+    clips = write_chunks(results, chunks, out)["clips"]
+    shutil.rmtree(out)
+    return clips
 
 
-def best_rate(fn, repeats: int) -> tuple[float, int]:
-    best, clips = 0.0, 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        clips = fn()
-        best = max(best, clips / (time.perf_counter() - start))
-    return best, clips
+def doubled(shards: list[Path], folder: Path) -> list[Path]:
+    """Every clip shard twice (as copies under `folder`): twice the clips, same contents."""
+    copies = []
+    for copy in range(2):
+        for index, path in enumerate(shards):
+            target = folder / path.parent.name / f"part-{copy:02d}{index:03d}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copies.append(Path(shutil.copyfile(path, target)))
+    return copies
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
+    start = time.perf_counter()
+    clips = fn()
+    return clips, time.perf_counter() - start
+
+
+def fastest(runs: dict[str, list[tuple[int, float]]]) -> dict[str, tuple[int, float]]:
+    return {name: min(results, key=lambda r: r[1]) for name, results in runs.items()}
 
 
 def main() -> None:
@@ -72,33 +98,62 @@ def main() -> None:
     parser.add_argument("--clips", default="data/clips", help="clip shards (`magvit decode`)")
     parser.add_argument("--tokenizer", help="checkpoint folder (default: untrained, from params)")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     params = load_params(args.params)
     shards = shard_paths(Path(args.clips))
     if not shards:
         raise SystemExit(f"no clip shards under {args.clips}; run `magvit corpus && magvit decode`")
+    batch = params.tokenize.batch_size
+    pools = {
+        actors: params.tokenize.model_copy(update={"actors": actors, "cpus_per_actor": 1})
+        for actors in (1, 2)
+    }
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.tokenizer) if args.tokenizer else Path(tmp) / "tokenizer"
         if not args.tokenizer:
             torch.manual_seed(params.seed)
             MagvitTokenizer(params.tokenizer.config()).save_pretrained(model_dir)
         model = MagvitTokenizer.from_pretrained(model_dir).eval()
-        batch = params.tokenize.batch_size
-        plain, clips = best_rate(lambda: plain_loop(model, shards, batch), args.repeats)
-        print(f"{clips} clips in {len(shards)} shards, batch size {batch}, {model_dir}")
-        print(f"{'plain in-process encode loop':36s} {plain:8.1f} clips/s")
-
+        twice = doubled(shards, Path(tmp) / "twice")
+        out = Path(tmp) / "tokens"
         init_ray(num_cpus=3)  # 2 actors + 1 CPU for the read tasks (logical CPUs)
-        for actors in (1, 2):
-            pool = params.tokenize.model_copy(update={"actors": actors, "cpus_per_actor": 1})
-            out = Path(tmp) / f"tokens-{actors}"
-            run = partial(stage_path, model_dir, shards, pool, out)
-            rate, _ = best_rate(run, args.repeats)
-            print(
-                f"{f'stage, {actors} actor(s)':36s} {rate:8.1f} clips/s   ratio {rate / plain:.2f}"
-            )
+        print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+        configs: dict[str, Callable[[], int]] = {
+            "plain 1": lambda: plain_loop(model, shards, batch, threads=1),
+            "plain 2": lambda: plain_loop(model, shards, batch, threads=2),
+        }
+        for actors, pool in pools.items():
+            configs[f"stage {actors}"] = lambda p=pool: stage_path(model_dir, shards, p, out)
+            configs[f"stage {actors} x2"] = lambda p=pool: stage_path(model_dir, twice, p, out)
+        runs: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for _ in range(args.repeats):
+            for name, fn in configs.items():
+                runs[name].append(timed(fn))
+        best = fastest(runs)
+        load = os.getloadavg()[0]
+
+    clips = best["plain 1"][0]
+    print(f"{clips} clips in {len(shards)} shards, batch size {batch}, {model_dir}")
+    print(f"actors: {actor_threads(pools[1])} torch thread each; best of {args.repeats} runs")
+    plain = {threads: clips / best[f"plain {threads}"][1] for threads in (1, 2)}
+    for threads, rate in plain.items():
+        print(f"{f'plain in-process loop, {threads} thread(s)':40s} {rate:8.1f} clips/s")
+    print("stage ratios: against the plain loop at as many threads as actors")
+    steady = {}
+    for actors in (1, 2):
+        (n, once), (n2, twice_s) = best[f"stage {actors}"], best[f"stage {actors} x2"]
+        steady[actors] = (n2 - n) / (twice_s - once)
+        start_up = once - n / steady[actors]
+        print(
+            f"{f'stage, {actors} actor(s)':40s} {n / once:8.1f} clips/s end-to-end "
+            f"(ratio {n / once / plain[actors]:.2f}), {steady[actors]:.1f} steady "
+            f"(ratio {steady[actors] / plain[actors]:.2f}), start-up {start_up:.1f} s"
+        )
+    print(f"2 actors / 1 actor: {steady[2] / steady[1]:.2f}x steady, "
+          f"{best['stage 1'][1] / best['stage 2'][1]:.2f}x end-to-end")  # fmt: skip
+    print(f"load average at end: {load:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 from stages.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths, write_table_atomic
 from stages.logs import configure_logging
-from stages.mlflow_models import model_dir_from_uri
 from stages.params import Params, ParamsError, TokenizeParams, check_clip_shape, load_params
 from stages.ray_runtime import init_ray
 from stages.token_shards import (
@@ -79,9 +78,12 @@ class TokenizeBatch:
 
     The checkpoint travels as bytes, so workers on other nodes need no shared filesystem.
     A batch may mix clip shapes (videos and T = 1 images); each shape is encoded separately.
+    torch uses `num_threads` threads: the actor's CPUs, whatever OMP_NUM_THREADS says, so a
+    pool of actors never runs more threads than the CPUs it holds.
     """
 
-    def __init__(self, checkpoint: dict[str, bytes], use_gpu: bool = False):
+    def __init__(self, checkpoint: dict[str, bytes], use_gpu: bool = False, num_threads: int = 1):
+        torch.set_num_threads(num_threads)
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in checkpoint.items():
@@ -153,6 +155,11 @@ def local_cpus(params: TokenizeParams, other_workers: int = 1) -> int:
     return math.ceil(params.actors * params.cpus_per_actor) + other_workers
 
 
+def actor_threads(params: TokenizeParams) -> int:
+    """torch threads per tokenizer actor: its whole CPUs, at least one."""
+    return max(1, math.floor(params.cpus_per_actor))
+
+
 def tokenize_dataset(
     ds: ray.data.Dataset, checkpoint: dict[str, bytes], params: TokenizeParams
 ) -> ray.data.Dataset:
@@ -160,7 +167,11 @@ def tokenize_dataset(
     check_capacity(params)
     results = ds.map_batches(
         TokenizeBatch,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "use_gpu": params.use_gpu},
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "use_gpu": params.use_gpu,
+            "num_threads": actor_threads(params),
+        },
         batch_size=params.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=params.actors),
@@ -308,6 +319,10 @@ def run_tokenize(
     clips_dir: Path, tokenizer: str, params: Params, out_dir: Path = TOKENS_DIR
 ) -> TokenManifest:
     """Tokenize every clip shard under `clips_dir` into `out_dir` (replaced)."""
+    # imported here, not at the top: the actors import this module, and mlflow would add
+    # seconds to each actor's start
+    from stages.mlflow_models import model_dir_from_uri
+
     model_dir = model_dir_from_uri(str(tokenizer))
     config = tokenizer_config(model_dir)
     check_clip_shape(params, config)

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
-from stages.decode import run_decode
+from stages.decode import TASK_WEIGHT, file_weight, plan_tasks, run_decode
 from stages.manifest import ManifestEntry, video_id_for
 from stages.params import DecodeParams
 from stages.synthetic import write_mp4
@@ -98,6 +98,17 @@ def test_shards_follow_the_schema_and_split_by_row_count(tmp_path, ray_local):
     assert [r["num_frames"] for r in rows if r["source"] == str(image)] == [1]
 
 
+def test_more_workers_than_ray_cpus_still_decodes_every_file(tmp_path, ray_local, caplog):
+    root = tmp_path / "raw"
+    paths = [textured_video(root / f"v{i}.mp4", num_frames=48, fps=24) for i in range(3)]
+    entries = [ManifestEntry(str(p), video_id_for(p, root), None, "train") for p in paths]
+
+    metrics = run_decode(entries, DecodeParams(workers=8), tmp_path / "clips")
+
+    assert metrics["clips"] == 6 and metrics["rejects"] == 0
+    assert "decode.workers = 8, but the Ray cluster has 2 CPUs" in caplog.text
+
+
 def test_every_kind_of_bad_file_is_rejected_and_the_rest_decoded(tmp_path, ray_local):
     root = tmp_path / "raw"
     root.mkdir()
@@ -141,3 +152,22 @@ def test_truncated_stream_with_index_up_front_is_rejected(tmp_path):
         decode_file(cut, SPEC)
     assert error.value.error_type in {"truncated", "decode_error"}
     assert "fast_cut.mp4" in str(error.value)
+
+
+def test_small_files_share_a_task_and_a_heavy_file_goes_alone(tmp_path):
+    def entry(name: str, size: int) -> ManifestEntry:
+        path = tmp_path / name
+        path.write_bytes(b"\0" * size)
+        return ManifestEntry(str(path), name, None, "train")
+
+    small = [entry(f"small{i}.mp4", 1000) for i in range(12)]
+    heavy = entry("heavy.mp4", TASK_WEIGHT)
+    missing = ManifestEntry(str(tmp_path / "missing.mp4"), "missing", None, "train")
+    entries = [*small[:6], heavy, *small[6:], missing]
+
+    tasks = plan_tasks(entries)
+
+    assert [e for task in tasks for e in task] == entries  # every entry once, in order
+    assert [heavy] in tasks
+    assert len(tasks) < len(entries) / 3
+    assert all(sum(map(file_weight, task)) <= TASK_WEIGHT for task in tasks if len(task) > 1)

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from clip_fixtures import write_clip_folder
 from PIL import Image
 
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
@@ -25,8 +24,10 @@ from stages.token_shards import (
     token_shard_paths,
     tokenizer_fingerprint,
 )
-from stages.tokenize import check_capacity, run_tokenize
+from stages.tokenize import actor_threads, check_capacity, run_tokenize
 from stages.validate_tokens import validate_tokens
+
+from clip_fixtures import write_clip_folder
 
 TINY = {"channels": 8, "norm_groups": 4}
 DECODE = {"num_frames": 5, "crop_size": 32, "resize_short_side": 32}
@@ -169,6 +170,11 @@ def test_stage_errors_name_the_problem(tokenized, tmp_path):
         run_tokenize(root / "clips", str(root / "tokenizer"), odd, tmp_path / "t")
     with pytest.raises(ParamsError, match="leaves no CPU"):
         check_capacity(params(actors=2).tokenize)
+
+
+def test_each_actor_runs_torch_on_as_many_threads_as_it_holds_cpus():
+    threads = [actor_threads(params(cpus_per_actor=c).tokenize) for c in (0.5, 1, 2.5)]
+    assert threads == [1, 1, 2]
 
 
 def test_detokenize_writes_decodable_videos_and_images(tokenized, tmp_path):
