@@ -1,6 +1,7 @@
 """Tokenize throughput: the stage's Ray Data path at 1 and 2 actors against a plain loop.
 
-    python benchmarks/tokenize_throughput.py [--clips data/clips] [--tokenizer DIR] [--repeats 3]
+    python benchmarks/tokenize_throughput.py [--clips data/clips] [--tokenizer DIR]
+                                             [--copies 4] [--repeats 3]
 
 Clips/s over the same clip shards with the same model. The plain loop reads the shards in
 this process and calls `model.encode` on batches of `tokenize.batch_size` clips of one shape.
@@ -10,13 +11,14 @@ at 1 thread (`cpus_per_actor` = 1). The plain loop's figure excludes loading the
 
 The stage rows run `tokenize_dataset` + `write_chunks` (Ray Data read, actor pool, ordered
 token shard writes) with `tokenize.actors` = 1 and 2 on one local Ray instance of 3 logical
-CPUs (the actors plus one for the read tasks). Every stage run starts its actor pool: new
-worker processes import torch and load the model before the first batch. "end-to-end" is
-clips / the whole run; "steady" leaves that fixed start-up out: the stage also runs over the
-shards taken twice, and the extra clips are divided by the extra time. Ray's own start-up is
-not timed. Configurations are interleaved, `--repeats` times each, and the fastest run of
-each is used. Without --tokenizer an untrained model of the `tokenizer` params is used:
-speed does not depend on the weights.
+CPUs (the actors plus one for the read tasks), over the corpus once and over `--copies`
+copies of its shards (same clips, more of them). Every stage run starts its actor pool: new
+worker processes import torch and load the model before the first batch, a fixed cost that
+the larger workload spreads over more clips. "start-up" is that cost, estimated from the two
+workloads; "steady" is the extra clips divided by the extra time. Ray's own start-up is not
+timed. Configurations are interleaved, `--repeats` times each, and the fastest run of each
+is used. Without --tokenizer an untrained model of the `tokenizer` params is used: speed
+does not depend on the weights.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,15 +75,15 @@ def stage_path(model_dir: Path, shards: list[Path], params: TokenizeParams, out:
     return clips
 
 
-def doubled(shards: list[Path], folder: Path) -> list[Path]:
-    """Every clip shard twice (as copies under `folder`): twice the clips, same contents."""
-    copies = []
-    for copy in range(2):
+def copied(shards: list[Path], copies: int, folder: Path) -> list[Path]:
+    """Every clip shard `copies` times (as files under `folder`): more clips, same contents."""
+    paths = []
+    for copy in range(copies):
         for index, path in enumerate(shards):
             target = folder / path.parent.name / f"part-{copy:02d}{index:03d}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
-            copies.append(Path(shutil.copyfile(path, target)))
-    return copies
+            paths.append(Path(shutil.copyfile(path, target)))
+    return paths
 
 
 def timed(fn: Callable[[], int]) -> tuple[int, float]:
@@ -98,8 +101,11 @@ def main() -> None:
     parser.add_argument("--clips", default="data/clips", help="clip shards (`magvit decode`)")
     parser.add_argument("--tokenizer", help="checkpoint folder (default: untrained, from params)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--copies", type=int, default=4, help="copies of the corpus (>= 2)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.copies < 2:
+        parser.error(f"--copies must be at least 2 (got {args.copies})")
 
     params = load_params(args.params)
     shards = shard_paths(Path(args.clips))
@@ -110,13 +116,14 @@ def main() -> None:
         actors: params.tokenize.model_copy(update={"actors": actors, "cpus_per_actor": 1})
         for actors in (1, 2)
     }
+    workloads = {1: shards}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.tokenizer) if args.tokenizer else Path(tmp) / "tokenizer"
         if not args.tokenizer:
             torch.manual_seed(params.seed)
             MagvitTokenizer(params.tokenizer.config()).save_pretrained(model_dir)
         model = MagvitTokenizer.from_pretrained(model_dir).eval()
-        twice = doubled(shards, Path(tmp) / "twice")
+        workloads[args.copies] = copied(shards, args.copies, Path(tmp) / "copies")
         out = Path(tmp) / "tokens"
         init_ray(num_cpus=3)  # 2 actors + 1 CPU for the read tasks (logical CPUs)
         print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -125,8 +132,10 @@ def main() -> None:
             "plain 2": lambda: plain_loop(model, shards, batch, threads=2),
         }
         for actors, pool in pools.items():
-            configs[f"stage {actors}"] = lambda p=pool: stage_path(model_dir, shards, p, out)
-            configs[f"stage {actors} x2"] = lambda p=pool: stage_path(model_dir, twice, p, out)
+            for copies, paths in workloads.items():
+                configs[f"stage {actors} x{copies}"] = partial(
+                    stage_path, model_dir, paths, pool, out
+                )
         runs: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for _ in range(args.repeats):
             for name, fn in configs.items():
@@ -139,20 +148,27 @@ def main() -> None:
     print(f"actors: {actor_threads(pools[1])} torch thread each; best of {args.repeats} runs")
     plain = {threads: clips / best[f"plain {threads}"][1] for threads in (1, 2)}
     for threads, rate in plain.items():
-        print(f"{f'plain in-process loop, {threads} thread(s)':40s} {rate:8.1f} clips/s")
-    print("stage ratios: against the plain loop at as many threads as actors")
-    steady = {}
+        print(f"{f'plain in-process loop, {threads} thread(s)':42s} {rate:8.1f} clips/s")
+    print("stage: clips/s end-to-end (ratio to the plain loop at as many threads as actors)")
+    rate = {}
     for actors in (1, 2):
-        (n, once), (n2, twice_s) = best[f"stage {actors}"], best[f"stage {actors} x2"]
-        steady[actors] = (n2 - n) / (twice_s - once)
-        start_up = once - n / steady[actors]
+        for copies in workloads:
+            n, seconds = best[f"stage {actors} x{copies}"]
+            rate[actors, copies] = n / seconds
+            print(
+                f"{f'stage, {actors} actor(s), corpus x{copies} ({n} clips)':42s} "
+                f"{n / seconds:8.1f} clips/s (ratio {n / seconds / plain[actors]:.2f})"
+            )
+        (n1, t1), (nk, tk) = (best[f"stage {actors} x{c}"] for c in workloads)
+        steady = (nk - n1) / (tk - t1)
         print(
-            f"{f'stage, {actors} actor(s)':40s} {n / once:8.1f} clips/s end-to-end "
-            f"(ratio {n / once / plain[actors]:.2f}), {steady[actors]:.1f} steady "
-            f"(ratio {steady[actors] / plain[actors]:.2f}), start-up {start_up:.1f} s"
+            f"{f'stage, {actors} actor(s), steady':42s} {steady:8.1f} clips/s "
+            f"(ratio {steady / plain[actors]:.2f}), start-up {t1 - n1 / steady:.1f} s per run"
         )
-    print(f"2 actors / 1 actor: {steady[2] / steady[1]:.2f}x steady, "
-          f"{best['stage 1'][1] / best['stage 2'][1]:.2f}x end-to-end")  # fmt: skip
+    print(
+        "2 actors / 1 actor: "
+        + ", ".join(f"{rate[2, c] / rate[1, c]:.2f}x on corpus x{c}" for c in workloads)
+    )
     print(f"load average at end: {load:.2f}")
 
 

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,26 +234,41 @@ def _shard_split(path: Path) -> str:
 def clip_shard_dataset(chunks: list[Chunk], rows_per_block: int) -> ray.data.Dataset:
     """Clip rows of the chunks' shards with their chunk index, in chunk order.
 
-    A shard is cut into blocks of about `rows_per_block` clips: the actor pool works on
-    blocks, so a shard read as one block would keep all but one actor idle.
+    The rows are cut into blocks of exactly `rows_per_block` clips (the last one excepted):
+    the actor pool works on blocks, so a shard read as one block would keep all but one
+    actor idle, and blocks of other sizes leave batches of one or two clips, which torch
+    encodes several times slower per clip (a single clip misses the oneDNN convolution).
     """
     chunk_of = {path: chunk.index for chunk in chunks for path in chunk.inputs}
-    ds = ray.data.read_parquet(
-        list(chunk_of), columns=[*CLIP_COLUMNS, "frames"], include_paths=True
-    )
-    ds.context.target_max_block_size = rows_per_block * _bytes_per_row(chunks[0].inputs[0])
+    with first_parquet_reader():
+        ds = ray.data.read_parquet(
+            list(chunk_of), columns=[*CLIP_COLUMNS, "frames"], include_paths=True
+        )
 
     def add_chunk(batch: pa.Table) -> pa.Table:
         chunk = [chunk_of[path] for path in batch["path"].to_pylist()]
         return batch.drop_columns(["path"]).append_column("chunk", pa.array(chunk, pa.int32()))
 
-    return ds.map_batches(add_chunk, batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(add_chunk, batch_format="pyarrow", batch_size=rows_per_block)
+    return ds.repartition(target_num_rows_per_block=rows_per_block, strict=True)
 
 
-def _bytes_per_row(path: str) -> int:
-    metadata = pq.ParquetFile(path).metadata
-    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    return max(1, size // max(1, metadata.num_rows))
+@contextmanager
+def first_parquet_reader() -> Iterator[None]:
+    """Ray Data's first Parquet reader for the reads started inside the block.
+
+    The default reader of recent Ray versions (`DataContext.use_datasource_v2`) starts a
+    pool of 32 footer-reading actors for every read: 2-3 s before the first clip on a quiet
+    2-core machine, far more on a busy one, and about 1 CPU-second, to list a few local
+    shards. The first reader lists them in the driver; the rows read are the same.
+    """
+    context = ray.data.DataContext.get_current()
+    default = getattr(context, "use_datasource_v2", False)
+    context.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        context.use_datasource_v2 = default
 
 
 def rows_by_chunk(batches: Iterable[pa.Table], chunks: list[Chunk]) -> Iterator[pa.Table]:

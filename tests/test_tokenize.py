@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.data
 import torch
 from PIL import Image
 
@@ -24,7 +25,13 @@ from stages.token_shards import (
     token_shard_paths,
     tokenizer_fingerprint,
 )
-from stages.tokenize import actor_threads, check_capacity, run_tokenize
+from stages.tokenize import (
+    actor_threads,
+    check_capacity,
+    clip_shard_dataset,
+    plan_clip_chunks,
+    run_tokenize,
+)
 from stages.validate_tokens import validate_tokens
 
 from clip_fixtures import write_clip_folder
@@ -175,6 +182,31 @@ def test_stage_errors_name_the_problem(tokenized, tmp_path):
 def test_each_actor_runs_torch_on_as_many_threads_as_it_holds_cpus():
     threads = [actor_threads(params(cpus_per_actor=c).tokenize) for c in (0.5, 1, 2.5)]
     assert threads == [1, 1, 2]
+
+
+def test_clip_rows_reach_the_actors_in_blocks_of_the_batch_size_in_chunk_order(tokenized):
+    """Blocks of exactly batch_size clips across shard ends (the last block excepted), so no
+    actor gets the slow batches of one or two clips; rows keep the plan's order and chunk."""
+    root, _ = tokenized
+    chunks = plan_clip_chunks(sorted((root / "clips").glob("*/part-*.parquet")))
+    context = ray.data.DataContext.get_current()
+    reader_before = context.use_datasource_v2
+    dataset = clip_shard_dataset(chunks, 4)
+    dataset.context.execution_options.preserve_order = True  # as tokenize_dataset sets
+    blocks = list(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert context.use_datasource_v2 == reader_before  # the reader choice is not left behind
+    ids_per_shard = {
+        (chunk.index, path): pq.read_table(path, columns=["clip_id"])["clip_id"].to_pylist()
+        for chunk in chunks
+        for path in chunk.inputs
+    }
+    assert all(len(ids) % 4 for ids in ids_per_shard.values())  # blocks straddle shard ends
+    total = sum(len(ids) for ids in ids_per_shard.values())
+    assert [block.num_rows for block in blocks] == [4] * (total // 4) + [total % 4]
+    rows = [row for block in blocks for row in block.select(["chunk", "clip_id"]).to_pylist()]
+    assert [(row["chunk"], row["clip_id"]) for row in rows] == [
+        (index, clip_id) for (index, _), ids in ids_per_shard.items() for clip_id in ids
+    ]
 
 
 def test_detokenize_writes_decodable_videos_and_images(tokenized, tmp_path):
