@@ -37,6 +37,8 @@ from stages.params import DecodeParams, load_params
 from stages.ray_runtime import init_ray
 from stages.video_decode import ClipSpec, decode_file
 
+from interleaved_runs import interleaved
+
 
 def bare_pyav(paths: list[Path]) -> int:
     frames = 0
@@ -86,14 +88,6 @@ def stage_rate(corpus: list[ManifestEntry], params: DecodeParams, workers: int) 
     decode = params.model_copy(update={"workers": workers})
     with tempfile.TemporaryDirectory() as tmp:
         return run_decode(corpus, decode, Path(tmp) / "clips")["frames_per_s"]
-
-
-def interleaved(configs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(repeats):
-        for name, fn in configs.items():
-            rates[name].append(fn())
-    return rates
 
 
 def show(name: str, rates: list[float], note: str = "") -> None:

@@ -39,16 +39,11 @@ import torch
 
 from models.tokenizer import MagvitTokenizer
 from stages.clip_shards import clip_frames, shard_paths
-from stages.params import TokenizeParams, load_params
+from stages.params import Params, load_params
 from stages.ray_runtime import init_ray
-from stages.tokenize import (
-    actor_threads,
-    clip_shard_dataset,
-    plan_clip_chunks,
-    read_checkpoint,
-    tokenize_dataset,
-    write_chunks,
-)
+from stages.tokenize import actor_threads, run_tokenize
+
+from interleaved_runs import interleaved
 
 
 def plain_loop(model: MagvitTokenizer, shards: list[Path], batch_size: int, threads: int) -> int:
@@ -65,25 +60,28 @@ def plain_loop(model: MagvitTokenizer, shards: list[Path], batch_size: int, thre
     return clips
 
 
-def stage_path(model_dir: Path, shards: list[Path], params: TokenizeParams, out: Path) -> int:
-    chunks = plan_clip_chunks(shards)
-    results = tokenize_dataset(
-        clip_shard_dataset(chunks, params.batch_size), read_checkpoint(model_dir), params
-    )
-    clips = write_chunks(results, chunks, out)["clips"]
+def stage_run(clips_dir: Path, model_dir: Path, params: Params, out: Path) -> int:
+    """The `tokenize` stage (`run_tokenize`) into `out`, removed afterwards; clips written."""
+    manifest = run_tokenize(clips_dir, str(model_dir), params, out)
     shutil.rmtree(out)
-    return clips
+    return sum(manifest.counts.values())
 
 
-def copied(shards: list[Path], copies: int, folder: Path) -> list[Path]:
-    """Every clip shard `copies` times (as files under `folder`): more clips, same contents."""
-    paths = []
+def copied(clips_dir: Path, copies: int, folder: Path) -> Path:
+    """A clip folder holding every shard of `clips_dir` `copies` times: more clips, same
+    contents."""
     for copy in range(copies):
-        for index, path in enumerate(shards):
+        for index, path in enumerate(shard_paths(clips_dir)):
             target = folder / path.parent.name / f"part-{copy:02d}{index:03d}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
-            paths.append(Path(shutil.copyfile(path, target)))
-    return paths
+            shutil.copyfile(path, target)
+    return folder
+
+
+def with_pool(params: Params, actors: int) -> Params:
+    """`params` with a pool of `actors` tokenizer actors of one CPU each."""
+    pool = params.tokenize.model_copy(update={"actors": actors, "cpus_per_actor": 1})
+    return params.model_copy(update={"tokenize": pool})
 
 
 def timed(fn: Callable[[], int]) -> tuple[int, float]:
@@ -112,18 +110,15 @@ def main() -> None:
     if not shards:
         raise SystemExit(f"no clip shards under {args.clips}; run `magvit corpus && magvit decode`")
     batch = params.tokenize.batch_size
-    pools = {
-        actors: params.tokenize.model_copy(update={"actors": actors, "cpus_per_actor": 1})
-        for actors in (1, 2)
-    }
-    workloads = {1: shards}
+    pools = {actors: with_pool(params, actors) for actors in (1, 2)}
+    workloads = {1: Path(args.clips)}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.tokenizer) if args.tokenizer else Path(tmp) / "tokenizer"
         if not args.tokenizer:
             torch.manual_seed(params.seed)
             MagvitTokenizer(params.tokenizer.config()).save_pretrained(model_dir)
         model = MagvitTokenizer.from_pretrained(model_dir).eval()
-        workloads[args.copies] = copied(shards, args.copies, Path(tmp) / "copies")
+        workloads[args.copies] = copied(Path(args.clips), args.copies, Path(tmp) / "copies")
         out = Path(tmp) / "tokens"
         init_ray(num_cpus=3)  # 2 actors + 1 CPU for the read tasks (logical CPUs)
         print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -132,20 +127,21 @@ def main() -> None:
             "plain 2": lambda: plain_loop(model, shards, batch, threads=2),
         }
         for actors, pool in pools.items():
-            for copies, paths in workloads.items():
+            for copies, clips_dir in workloads.items():
                 configs[f"stage {actors} x{copies}"] = partial(
-                    stage_path, model_dir, paths, pool, out
+                    stage_run, clips_dir, model_dir, pool, out
                 )
-        runs: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        for _ in range(args.repeats):
-            for name, fn in configs.items():
-                runs[name].append(timed(fn))
+        runs = interleaved(
+            {name: partial(timed, run) for name, run in configs.items()}, args.repeats
+        )
         best = fastest(runs)
         load = os.getloadavg()[0]
 
     clips = best["plain 1"][0]
     print(f"{clips} clips in {len(shards)} shards, batch size {batch}, {model_dir}")
-    print(f"actors: {actor_threads(pools[1])} torch thread each; best of {args.repeats} runs")
+    print(
+        f"actors: {actor_threads(pools[1].tokenize)} torch thread each; best of {args.repeats} runs"
+    )
     plain = {threads: clips / best[f"plain {threads}"][1] for threads in (1, 2)}
     for threads, rate in plain.items():
         print(f"{f'plain in-process loop, {threads} thread(s)':42s} {rate:8.1f} clips/s")
