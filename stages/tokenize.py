@@ -249,7 +249,9 @@ def clip_shard_dataset(chunks: list[Chunk], rows_per_block: int) -> ray.data.Dat
         chunk = [chunk_of[path] for path in batch["path"].to_pylist()]
         return batch.drop_columns(["path"]).append_column("chunk", pa.array(chunk, pa.int32()))
 
-    ds = ds.map_batches(add_chunk, batch_format="pyarrow", batch_size=None)
+    # batches of rows_per_block here too, not whole shards: the blocks then stream to the
+    # actors as they are cut (measured: whole shards cost 2 actors about 10 % of their clips/s)
+    ds = ds.map_batches(add_chunk, batch_format="pyarrow", batch_size=rows_per_block)
     return ds.repartition(target_num_rows_per_block=rows_per_block, strict=True)
 
 
