@@ -8,12 +8,10 @@ at a constant rate factor (CRF) chosen to match a target bpp.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import lzma
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -21,6 +19,7 @@ import av
 import numpy as np
 
 from models.recon_metrics import ms_ssim, psnr
+from stages.fixed_heap_fill import fixed_heap_fill
 
 # --- token stream ---------------------------------------------------------------------------
 
@@ -298,11 +297,9 @@ def _pixels(clip: np.ndarray) -> int:
 def _encode_packets(clip: np.ndarray, spec: CodecSpec, crf: int, fps: float) -> list[bytes]:
     """All of the clip's packets, flushed, from a single-threaded encoder.
 
-    On frames this small libx264 and libx265 read a few uninitialised heap bytes (valgrind
-    shows it), so the same clip can encode to slightly different streams from run to run,
-    whatever the thread settings. The encoder therefore runs inside `_fixed_heap_fill`.
+    The encoder runs inside `fixed_heap_fill`, so the same clip gives the same stream.
     """
-    with _fixed_heap_fill():
+    with fixed_heap_fill():
         encoder = av.CodecContext.create(spec.encoder, "w")
         encoder.width, encoder.height = clip.shape[2], clip.shape[1]
         encoder.pix_fmt = "yuv420p"
@@ -316,27 +313,6 @@ def _encode_packets(clip: np.ndarray, spec: CodecSpec, crf: int, fps: float) -> 
             packets += encoder.encode(frame)
         packets += encoder.encode(None)  # flush the delayed (B-)frames
         return [bytes(packet) for packet in packets]
-
-
-_MALLOPT = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc; None elsewhere
-_M_PERTURB = -6  # glibc mallopt: fill new heap blocks with byte ^ 0xFF, freed ones with byte
-_ZERO_FILL = 0xFF  # new blocks read 0, as fresh pages from the kernel do (0 would mean off)
-
-
-@contextlib.contextmanager
-def _fixed_heap_fill() -> Iterator[None]:
-    """Within the block, glibc zero-fills newly allocated heap memory, so code that reads
-    memory it never wrote reads the same values every run (those of a fresh process). A no-op
-    without glibc's `mallopt`. The setting is process-wide while it lasts (other threads'
-    blocks are filled too, which costs only time)."""
-    if _MALLOPT is None:
-        yield
-        return
-    _MALLOPT(_M_PERTURB, _ZERO_FILL)
-    try:
-        yield
-    finally:
-        _MALLOPT(_M_PERTURB, 0)
 
 
 def _decode_packets(packets: list[bytes], spec: CodecSpec, shape: tuple[int, ...]) -> np.ndarray:

@@ -14,6 +14,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stages.fixed_heap_fill import fixed_heap_fill
+
 SHAPES = ("square", "circle", "triangle", "cross")
 MOTIONS = ("horizontal", "orbit")
 CLASS_NAMES = tuple(f"{shape}_{motion}" for shape in SHAPES for motion in MOTIONS)
@@ -87,12 +89,13 @@ def write_mp4(frames: np.ndarray, path: Path, fps: float, faststart: bool = Fals
     """Encode uint8 frames [T, H, W, 3] as an H.264 MP4 with PyAV (H and W must be even).
 
     `faststart` puts the index (moov atom) before the media data, as streaming files do.
+    The same frames give the same bytes (`fixed_heap_fill`).
     """
     from fractions import Fraction
 
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as container:
+    with fixed_heap_fill(), av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"

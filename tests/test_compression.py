@@ -21,6 +21,7 @@ from stages.compression import (
     rate_point,
     token_bits_per_pixel,
 )
+from stages.fixed_heap_fill import MALLOPT, fixed_heap_fill
 
 CODECS = ["h264", "hevc"]
 
@@ -217,7 +218,7 @@ def test_encoding_is_repeatable_whatever_the_heap_holds():
     assert all(run == runs[0] for run in runs)
 
 
-@pytest.mark.skipif(compression._MALLOPT is None, reason="needs glibc's mallopt")
+@pytest.mark.skipif(MALLOPT is None, reason="needs glibc's mallopt")
 def test_fixed_heap_fill_zeroes_reused_heap_blocks():
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
@@ -227,7 +228,7 @@ def test_fixed_heap_fill_zeroes_reused_heap_blocks():
     block = libc.malloc(size)
     ctypes.memset(block, 0x77, size)
     libc.free(block)
-    with compression._fixed_heap_fill():
+    with fixed_heap_fill():
         block = libc.malloc(size)
         contents = ctypes.string_at(block, size)
         libc.free(block)

@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,14 @@ def test_synthetic_videos_are_deterministic_by_seed():
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.std() > 10 and not np.array_equal(a[0], a[-1]), "frames move and are not flat"
+
+
+def test_synthetic_mp4s_are_the_same_bytes_every_build(tmp_path):
+    """x264 reads heap bytes it never wrote; without a fixed fill, rebuilding the corpus in
+    one process gave other bytes for most videos."""
+    builds = [corpus.build_synthetic_videos(SMALL, seed=0, out=tmp_path / str(i)) for i in range(3)]
+    contents = [[Path(entry.path).read_bytes() for entry in build] for build in builds]
+    assert contents[0] == contents[1] == contents[2]
 
 
 def test_manifest_is_written_and_read_back(in_tmp):
