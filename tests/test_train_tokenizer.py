@@ -1,5 +1,6 @@
 """Tokenizer training on Ray Train with 2 workers: checkpoints, resume, MLflow records."""
 
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -58,6 +60,26 @@ def committed_checkpoints(storage: Path) -> list[Path]:
         names = {result["checkpoint_dir_name"] for result in results}
         committed += [p for p in checkpoints(storage) if p.parent.name in names]
     return sorted(committed)
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session at once and wait until none is left.
+
+    Ray's workers (the Train controller among them) run in process groups of their own, so
+    killing the driver's group leaves them alive for a moment, long enough to record one more
+    checkpoint. Killing the whole session stops them all where they stand."""
+    while members := [p for p in psutil.process_iter() if is_live_member(p, session_id)]:
+        for process in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(members, timeout=30)
+
+
+def is_live_member(process: psutil.Process, session_id: int) -> bool:
+    try:
+        return os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
 
 
 @pytest.fixture
@@ -138,7 +160,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
         and first.poll() is None
     ):
         time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_session(first.pid)
     first.wait()
     saved = committed_checkpoints(workspace / "runs")
     assert saved, "the first run wrote a checkpoint before it was killed"
