@@ -70,8 +70,9 @@ def stage_run(clips_dir: Path, model_dir: Path, params: Params, out: Path) -> in
 def copied(clips_dir: Path, copies: int, folder: Path) -> Path:
     """A clip folder holding every shard of `clips_dir` `copies` times: more clips, same
     contents."""
+    shards = shard_paths(clips_dir)
     for copy in range(copies):
-        for index, path in enumerate(shard_paths(clips_dir)):
+        for index, path in enumerate(shards):
             target = folder / path.parent.name / f"part-{copy:02d}{index:03d}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)

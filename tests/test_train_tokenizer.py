@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from models.tokenizer import MagvitTokenizer
 from stages.mlflow_models import model_dir_from_uri
-from stages.ray_training import load_state_file
+from stages.ray_training import STATE_FILE, load_state_file
 
 from clip_fixtures import write_clip_folder
 
@@ -44,7 +44,7 @@ def write_params(folder: Path, **train) -> Path:
 
 
 def checkpoints(storage: Path) -> list[Path]:
-    return sorted(storage.glob("tokenizer-*/checkpoint_*/state.pt"))
+    return sorted(storage.glob(f"tokenizer-*/checkpoint_*/{STATE_FILE}"))
 
 
 def committed_checkpoints(storage: Path) -> list[Path]:
@@ -57,8 +57,8 @@ def committed_checkpoints(storage: Path) -> list[Path]:
             results = json.loads(snapshot.read_text())["checkpoint_results"]
         except (json.JSONDecodeError, KeyError):  # being written
             continue
-        names = {result["checkpoint_dir_name"] for result in results}
-        committed += [p for p in checkpoints(storage) if p.parent.name in names]
+        states = (snapshot.parent / r["checkpoint_dir_name"] / STATE_FILE for r in results)
+        committed += [state for state in states if state.exists()]
     return sorted(committed)
 
 
