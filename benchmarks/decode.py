@@ -31,11 +31,11 @@ from pathlib import Path
 
 import av
 
-from stages.decode import clip_spec, run_decode
-from stages.manifest import ManifestEntry, read_manifest
-from stages.params import DecodeParams, load_params
-from stages.ray_runtime import init_ray
-from stages.video_decode import ClipSpec, decode_file
+from magvit.formats.corpus_manifest import ManifestEntry, read_corpus_manifest
+from magvit.media.clip_decoding import clip_spec, run_decode
+from magvit.media.video_decode import ClipSpec, decode_file
+from magvit.params import DecodeParams, load_params
+from magvit.runtime.ray_cluster import init_ray
 
 from interleaved_runs import interleaved
 
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    entries = [e for e in read_manifest(Path(args.manifest)) if not e.is_image]
+    entries = [e for e in read_corpus_manifest(Path(args.manifest)) if not e.is_image]
     paths = [Path(e.path) for e in entries]
     spec = clip_spec(params.decode)
     print(f"{len(paths)} videos, {bare_pyav(paths)} source frames; FFmpeg: 1 thread per process")

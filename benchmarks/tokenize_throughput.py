@@ -37,11 +37,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from magvit.formats.clip_shards import clip_frames, shard_paths
+from magvit.params import Params, load_params
+from magvit.runtime.ray_cluster import init_ray
+from magvit.tokenization.actor_pool import actor_threads, run_tokenize
 from models.tokenizer import MagvitTokenizer
-from stages.clip_shards import clip_frames, shard_paths
-from stages.params import Params, load_params
-from stages.ray_runtime import init_ray
-from stages.tokenize import actor_threads, run_tokenize
 
 from interleaved_runs import interleaved
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from stages.ray_runtime import init_ray
+from magvit.runtime.ray_cluster import init_ray
 from stages.train_tokenizer import run
 
 
@@ -53,7 +53,8 @@ def main() -> None:
             (workspace / "params.yaml").write_text(yaml.safe_dump(params))
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workspace / 'mlflow.db'}"
             with contextlib.chdir(workspace):
-                metrics = run("params.yaml")
+                out = Path("artifacts/tokenizer")
+                metrics = run("params.yaml", Path("data/clips"), out, out / "curves.csv")
             rates[workers] = clips_per_s(workspace, metrics["mlflow_run_id"])
     print(f"{'workers':>8} {'clips/s':>9}")
     for workers, rate in rates.items():

@@ -10,16 +10,16 @@ domain metrics: they are never reported as FID or FVD.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from models.pretrained import Pretrained
+from models.pretrained import DictConfig, Pretrained
 
 
 @dataclass(frozen=True)
-class DomainClassifierConfig:
+class DomainClassifierConfig(DictConfig):
     num_classes: int = 8
     channels: tuple[int, ...] = (16, 32, 64, 64)  # one strided block per entry
     feature_dim: int = 128
@@ -29,16 +29,6 @@ class DomainClassifierConfig:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if not self.channels or min(self.channels) < 1 or self.feature_dim < 1:
             raise ValueError(f"channels and feature_dim must be positive, got {self}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DomainClassifierConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DomainClassifierConfig keys {sorted(unknown)}")
-        return cls(**{**data, "channels": tuple(data.get("channels", cls.channels))})
 
 
 def conv_block(dim_in: int, dim_out: int) -> nn.Sequential:

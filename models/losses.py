@@ -10,8 +10,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from models.feature_weights import check_state_dict, read_state_dict
 
 
 def reconstruction_loss(recon: Tensor, target: Tensor, kind: Literal["l1", "l2"] = "l2") -> Tensor:
@@ -145,27 +146,8 @@ def build_perceptual_loss(weights_path: str | None) -> PerceptualLoss | None:
             "heads 'lins.0.weight' .. 'lins.4.weight'; set the path to null to train without "
             "the perceptual loss"
         )
-    try:
-        state = load_file(path)
-    except Exception as error:  # safetensors raises its own error type for a malformed file
-        raise ValueError(f"'{path}' is not a readable safetensors file: {error}") from error
-
     model = PerceptualLoss()
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    wrong_shapes = [
-        f"{k}: expected {expected[k]}, found {found[k]}"
-        for k in sorted(expected.keys() & found.keys())
-        if expected[k] != found[k]
-    ]
-    if missing or unexpected or wrong_shapes:
-        raise ValueError(
-            f"perceptual loss weights '{path}' do not match the LPIPS-VGG16 layout: "
-            f"missing keys {missing[:5]} ({len(missing)} total), "
-            f"unexpected keys {unexpected[:5]} ({len(unexpected)} total), "
-            f"shape mismatches {wrong_shapes[:5]} ({len(wrong_shapes)} total)"
-        )
+    state = read_state_dict(path, "LPIPS-VGG16 perceptual loss")
+    check_state_dict(model, state, path, "LPIPS-VGG16 perceptual loss")
     model.load_state_dict(state)
     return model

@@ -19,7 +19,7 @@ Conventions:
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -28,13 +28,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from models.lfq import factorize_indices
-from models.pretrained import Pretrained
+from models.pretrained import DictConfig, Pretrained
 
 MASK_ID = -1  # input token value of a masked position
 
 
 @dataclass(frozen=True)
-class MLMConfig:
+class MLMConfig(DictConfig):
     bits: int = 10  # vocabulary 2^bits, as the tokenizer's LFQ
     num_factors: int = 2  # m sub-tokens of bits/m bits each; 1 = no factorisation
     grid: tuple[int, int, int] = (3, 8, 8)  # token grid (t, h, w) of one clip
@@ -94,18 +94,6 @@ class MLMConfig:
         else:
             raise ValueError(f"unknown preset {name!r}; choose 'cpu' or 'paper'")
         return replace(base, **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MLMConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MLMConfig keys {sorted(unknown)}")
-        if "grid" in data:
-            data = {**data, "grid": tuple(data["grid"])}
-        return cls(**data)
 
 
 class Attention(nn.Module):

@@ -7,6 +7,7 @@ its typed config in `self.config` and names the config class in `config_class`.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,8 +19,25 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+class DictConfig:
+    """Mixin for a model's config dataclass: plain-dict round trip for config.json.
+
+    Unknown keys are errors (a config written by another version is refused, not guessed
+    at); JSON lists come back as the tuples the dataclasses hold."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 class Pretrained:
-    config_class: ClassVar[type]  # a dataclass with to_dict() / from_dict()
+    config_class: ClassVar[type[DictConfig]]
     checkpoint_label: ClassVar[str] = "model"  # names the kind of model in error messages
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -10,7 +10,7 @@ One set of weights tokenizes images (T = 1 -> 1 latent frame) and clips of 1 + 4
 (-> 1 + k latent frames) with the same vocabulary, because every layer is causal in time.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -28,12 +28,12 @@ from models.causal import (
     causal_resize,
 )
 from models.lfq import LFQ, LFQConfig, QuantizerOutput
-from models.pretrained import Pretrained
+from models.pretrained import DictConfig, Pretrained
 from models.vq import VectorQuantizer, VQConfig
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(DictConfig):
     """Architecture and quantiser of a MagvitTokenizer; the defaults are the "cpu" preset."""
 
     channels: int = 16  # width of the first level
@@ -116,18 +116,6 @@ class TokenizerConfig:
                 resolution=128,
             )
         raise ValueError(f"unknown preset {name!r}; choose 'cpu' or 'paper'")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TokenizerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig keys {sorted(unknown)}")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
 
 
 class Encoder(nn.Module):
@@ -230,6 +218,17 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+def pixels_to_unit(video: Tensor) -> Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1], the paper's input range."""
+    return rearrange(video, "b t h w c -> b c t h w").float() / 127.5 - 1.0
+
+
+def unit_to_pixels(x: Tensor) -> Tensor:
+    """float [B, 3, T, H, W] (about [-1, 1]) -> uint8 [B, T, H, W, 3], clamped and rounded."""
+    video = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(video, "b c t h w -> b t h w c")
+
+
 class MagvitTokenizer(Pretrained, nn.Module):
     """Causal video tokenizer: video <-> int64 token grid [B, t, h, w]."""
 
@@ -289,7 +288,7 @@ class MagvitTokenizer(Pretrained, nn.Module):
             raise ValueError(
                 f"encode expects uint8 [B, T, H, W, 3], got {video.dtype} {tuple(video.shape)}"
             )
-        x = rearrange(video, "b t h w c -> b c t h w").float() / 127.5 - 1
+        x = pixels_to_unit(video)
         self._check_video(x)
         return self.quantizer.codes_to_indices(self.encoder(x))
 
@@ -301,6 +300,4 @@ class MagvitTokenizer(Pretrained, nn.Module):
         if tokens.min() < 0 or tokens.max() >= self.codebook_size:
             raise ValueError(f"token values must lie in [0, {self.codebook_size})")
         codes = self.quantizer.indices_to_codes(tokens).to(self.encoder.conv_in.weight.dtype)
-        video = self.decoder(codes).clamp(-1, 1)
-        video = ((video + 1) * 127.5).round().to(torch.uint8)
-        return rearrange(video, "b c t h w -> b t h w c")
+        return unit_to_pixels(self.decoder(codes))

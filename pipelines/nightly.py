@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from magvit.params import load_params
+from magvit.runtime.mlflow_tracking import tracking_uri
 from pipelines.champion import Decision, promote_if_better
 from pipelines.end_to_end import end_to_end
-from stages.mlflow_tracking import tracking_uri
-from stages.params import load_params
 
 
 def repo_tracking_uri(repo: Path) -> str:

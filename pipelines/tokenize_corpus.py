@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from magvit.formats.files import shard_paths
 from pipelines.shell import stream_command
 
 REJECTS = "rejects"
@@ -31,7 +32,7 @@ def shard_rows(output: Path) -> dict[str, int]:
     return {
         folder.name: sum(pq.ParquetFile(path).metadata.num_rows for path in shards)
         for folder in sorted(output.iterdir())
-        if folder.is_dir() and (shards := sorted(folder.glob("part-*.parquet")))
+        if folder.is_dir() and (shards := shard_paths(output, folder.name))
     }
 
 

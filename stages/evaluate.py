@@ -26,41 +26,37 @@ import numpy as np
 import torch
 from PIL import Image
 
+from magvit.cli import run_stage
+from magvit.evaluation.compression import (
+    codec_at_bpp,
+    encode_tokens,
+    rate_distortion_curve,
+    token_bits_per_pixel,
+)
+from magvit.evaluation.domain_features import domain_outputs
+from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
+from magvit.evaluation.reconstruction import reconstruct_clips
+from magvit.formats.clip_shards import evenly_spaced, held_out_sets, labelled_clips
+from magvit.logs import configure_logging
+from magvit.media.video_encode import write_gif
+from magvit.params import Params, load_params
+from magvit.runtime.mlflow_tracking import experiment_id, tracking_uri
+from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
+from magvit.training.clip_batches import to_model_input
 from models.frechet import frechet_distance_between
 from models.i3d import i3d_features
 from models.inception import inception_features, inception_outputs, inception_score
 from models.mlm import MaskedTokenTransformer
 from models.recon_metrics import ms_ssim, psnr
 from models.tokenizer import MagvitTokenizer
-from stages.clip_batches import to_model_input
-from stages.clip_shards import CLIP_KINDS, clip_frames, held_out_sets, load_clips
-from stages.compression import (
-    codec_at_bpp,
-    encode_tokens,
-    rate_distortion_curve,
-    token_bits_per_pixel,
-)
-from stages.feature_nets import FeatureNets, load_feature_nets
-from stages.generation import class_samples, predict_frames, sampler_config, tile_clips, write_gif
-from stages.logs import configure_logging
-from stages.mlflow_tracking import experiment_id, tracking_uri
-from stages.params import Params, load_params
-from stages.tokenizer_training import evaluate as reconstruct
-from stages.train_domain_classifier import domain_outputs
 
 log = logging.getLogger("evaluate")
-CLIPS_DIR = Path("data/clips")
-TOKENIZER_DIR = Path("artifacts/tokenizer")
-MLM_DIR = Path("artifacts/mlm")
-DOMAIN_DIR = Path("artifacts/domain_classifier")
-OUT_DIR = Path("artifacts/eval")
 EXPERIMENT = "magvit2-evaluation"
 
 
 def spread(clips: np.ndarray, count: int) -> np.ndarray:
-    """At most `count` clips, evenly spaced over the set (clips of one video are adjacent)."""
-    picks = np.unique(np.linspace(0, len(clips) - 1, min(count, len(clips))).round().astype(int))
-    return clips[picks]
+    """At most `count` clips, evenly spaced over the set."""
+    return clips[evenly_spaced(len(clips), count)]
 
 
 def as_frames(videos: np.ndarray) -> np.ndarray:
@@ -112,7 +108,7 @@ def reconstruction_metrics(
     """Per kind of held-out clip (synthetic, real, image): quality of the reconstructions."""
     metrics = {}
     for kind, clips in sets.items():
-        result = reconstruct(tokenizer, clips, "cpu", batch)
+        result = reconstruct_clips(tokenizer, clips, "cpu", batch)
         recon = result["recon"]
         scores = {
             "psnr": result["psnr"],
@@ -138,7 +134,7 @@ def compression_metrics(
     stream). A codec whose lowest rate (CRF 51) still lies above the token rate cannot be
     matched; `matched` says whether the achieved bpp is within 10% of the target.
     """
-    result = reconstruct(tokenizer, clips, "cpu", params.evaluate.batch_size)
+    result = reconstruct_clips(tokenizer, clips, "cpu", params.evaluate.batch_size)
     tokens, bits, fps = result["tokens"], tokenizer.config.bits, params.decode.fps
     pixels = int(np.prod(clips.shape[:4]))  # clips x frames x height x width
     coded_bits = sum(8 * len(encode_tokens(clip_tokens.ravel(), bits)) for clip_tokens in tokens)
@@ -190,8 +186,8 @@ def generation_metrics(
         [class_samples(mlm, tokenizer, c, gen.samples_per_class, config, seed + c) for c in classes]
     )
     requested = np.repeat(np.arange(mlm.config.num_classes), gen.samples_per_class)
-    reference = labelled_videos(clips_dir, ("val", "test"), params.evaluate.max_clips)[0]
-    train_clips = labelled_videos(clips_dir, ("train",), None)[0]
+    reference = labelled_clips(clips_dir, ("val", "test"), params.evaluate.max_clips)[0]
+    train_clips = labelled_clips(clips_dir, ("train",), None)[0]
     floor_pick = np.random.default_rng(seed).permutation(len(train_clips))[: len(samples)]
 
     metrics = {"class_conditional": frechet_metrics(nets, reference, samples, batch)}
@@ -205,7 +201,7 @@ def generation_metrics(
     metrics["real_floor"] = frechet_metrics(nets, reference, train_clips[floor_pick], batch)
     metrics["real_floor"]["clips"] = len(floor_pick)
 
-    truth, labels = labelled_videos(clips_dir, ("test",), gen.frame_prediction_clips)
+    truth, labels = labelled_clips(clips_dir, ("test",), gen.frame_prediction_clips)
     predicted = np.concatenate(
         [
             predict_frames(mlm, tokenizer, clip, params.train_mlm.condition_frames, 1, config, seed)
@@ -222,20 +218,6 @@ def generation_metrics(
     }
     media = {"class_conditional": samples, "frame_prediction": np.stack([truth, predicted], 1)}
     return _rounded(metrics), media
-
-
-def labelled_videos(
-    clips_dir: Path, splits: tuple[str, ...], limit: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for split in splits for r in load_clips(clips_dir, split, CLIP_KINDS["synthetic"])]
-    if not rows:
-        raise ValueError(f"no labelled video clips in {splits} under {clips_dir}")
-    clips = np.stack([clip_frames(r) for r in rows])
-    labels = np.array([r["label"] for r in rows])
-    if limit is None:
-        return clips, labels
-    picks = np.unique(np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(int))
-    return clips[picks], labels[picks]
 
 
 def write_media(media: dict[str, np.ndarray], columns: int, out_dir: Path, fps: float) -> list:
@@ -275,14 +257,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def record_in_mlflow(metrics: dict, skipped: dict, params: Params, out_dir: Path) -> str:
+def record_in_mlflow(
+    metrics: dict, skipped: dict, params: Params, model_dirs: dict[str, Path], out_dir: Path
+) -> str:
     """One evaluation run, linked to the model runs; the model runs get `eval/*` metrics."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
     sources = {
         name: json.loads((directory / "metrics.json").read_text())
-        for name, directory in (("tokenizer", TOKENIZER_DIR), ("mlm", MLM_DIR))
+        for name, directory in model_dirs.items()
     }
     tags = {f"{name}_run_id": m.get("mlflow_run_id", "") for name, m in sources.items()}
     tags |= {f"skipped/{k}": v for k, v in skipped.items()}
@@ -304,17 +288,19 @@ def record_in_mlflow(metrics: dict, skipped: dict, params: Params, out_dir: Path
 
 
 def run(
-    params_path: str = "params.yaml",
-    clips_dir: Path = CLIPS_DIR,
-    out_dir: Path = OUT_DIR,
+    params_path: str,
+    clips_dir: Path,
+    model_dirs: dict[str, Path],
+    out_dir: Path,
     record: bool = True,
 ) -> dict:
+    """`model_dirs`: the "tokenizer", "mlm" and "domain_classifier" model directories."""
     params = load_params(params_path)
     evaluate = params.evaluate
     torch.manual_seed(params.seed)
-    tokenizer = MagvitTokenizer.from_pretrained(TOKENIZER_DIR).eval()
-    mlm = MaskedTokenTransformer.from_pretrained(MLM_DIR).eval()
-    nets = load_feature_nets(evaluate, DOMAIN_DIR)
+    tokenizer = MagvitTokenizer.from_pretrained(model_dirs["tokenizer"]).eval()
+    mlm = MaskedTokenTransformer.from_pretrained(model_dirs["mlm"]).eval()
+    nets = load_feature_nets(evaluate, model_dirs["domain_classifier"])
 
     sets = {k: spread(v, evaluate.max_clips) for k, v in held_out_sets(clips_dir, "test").items()}
     videos = np.concatenate([sets[k] for k in ("synthetic", "real") if k in sets])
@@ -340,7 +326,8 @@ def run(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
     if record:
-        run_id = record_in_mlflow(metrics, nets.skipped, params, out_dir)
+        trained = {k: model_dirs[k] for k in ("tokenizer", "mlm")}
+        run_id = record_in_mlflow(metrics, nets.skipped, params, trained, out_dir)
         log.info("evaluation recorded in MLflow run %s", run_id)
     return metrics
 
@@ -348,12 +335,20 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder")
-    parser.add_argument("--out", default=str(OUT_DIR), help="folder for metrics, plots, samples")
+    parser.add_argument("--clips", required=True, help="clip shard folder")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer model directory")
+    parser.add_argument("--mlm", required=True, help="masked token model directory")
+    parser.add_argument("--domain-classifier", required=True, help="domain classifier directory")
+    parser.add_argument("--out", required=True, help="folder for metrics, plots, samples")
     args = parser.parse_args(argv)
     configure_logging()
-    run(args.params, Path(args.clips), Path(args.out))
+    model_dirs = {
+        "tokenizer": Path(args.tokenizer),
+        "mlm": Path(args.mlm),
+        "domain_classifier": Path(args.domain_classifier),
+    }
+    run(args.params, Path(args.clips), model_dirs, Path(args.out))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

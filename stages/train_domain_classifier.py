@@ -20,24 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from magvit.cli import run_stage
+from magvit.evaluation.domain_features import class_accuracy
+from magvit.formats.clip_shards import labelled_clips
+from magvit.logs import configure_logging
+from magvit.params import DomainClassifierParams, load_params
+from magvit.training.clip_batches import to_model_input
 from models.domain_classifier import DomainClassifier, DomainClassifierConfig
 from models.lr_schedule import warmup_cosine_lr
-from stages.clip_batches import to_model_input
-from stages.clip_shards import CLIP_KINDS, clip_frames, load_clips
-from stages.logs import configure_logging
-from stages.params import DomainClassifierParams, load_params
 
 log = logging.getLogger("train_domain_classifier")
-CLIPS_DIR = Path("data/clips")
-OUT_DIR = Path("artifacts/domain_classifier")
-
-
-def labelled_clips(clips_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 clips [N, T, H, W, 3] and labels [N] of the labelled videos of a split."""
-    rows = load_clips(clips_dir, split, CLIP_KINDS["synthetic"])
-    if not rows:
-        raise ValueError(f"no labelled video clips under {clips_dir}/{split}")
-    return np.stack([clip_frames(r) for r in rows]), np.array([r["label"] for r in rows])
 
 
 def augment(videos: np.ndarray, rng: np.random.Generator, max_shift: int = 8) -> np.ndarray:
@@ -55,24 +47,6 @@ def augment(videos: np.ndarray, rng: np.random.Generator, max_shift: int = 8) ->
         shift = rng.integers(-max_shift, max_shift + 1, size=2)
         out.append(np.roll(video, tuple(shift), axis=(1, 2)))
     return np.stack(out)
-
-
-@torch.no_grad()
-def domain_outputs(
-    model: DomainClassifier, videos: np.ndarray, batch_size: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features float64 [N, feature_dim], predicted class [N]) of uint8 videos [N, T, H, W, 3]."""
-    model.eval()
-    features, predictions = [], []
-    for start in range(0, len(videos), batch_size):
-        hidden = model.features(to_model_input(videos[start : start + batch_size]))
-        features.append(hidden.double().numpy())
-        predictions.append(model.head(hidden).argmax(-1).numpy())
-    return np.concatenate(features), np.concatenate(predictions)
-
-
-def accuracy(model: DomainClassifier, videos: np.ndarray, labels: np.ndarray) -> float:
-    return float((domain_outputs(model, videos)[1] == labels).mean())
 
 
 def train(
@@ -105,21 +79,21 @@ def train(
     return model.eval()
 
 
-def run(params_path: str = "params.yaml", clips_dir: Path = CLIPS_DIR, out_dir: Path = OUT_DIR):
+def run(params_path: str, clips_dir: Path, out_dir: Path):
     params = load_params(params_path)
     num_classes = params.validate_clips.num_classes
-    clips, labels = labelled_clips(clips_dir, "train")
+    clips, labels = labelled_clips(clips_dir, ("train",))
     if labels.max() >= num_classes:
         raise ValueError(f"label {labels.max()} >= validate_clips.num_classes {num_classes}")
     model = train(clips, labels, params.domain_classifier, num_classes, params.seed)
     model.save_pretrained(out_dir)
     metrics = {
         "train_clips": len(clips),
-        "train_accuracy": round(accuracy(model, clips, labels), 4),
+        "train_accuracy": round(class_accuracy(model, clips, labels), 4),
     }
     for split in ("val", "test"):
-        held_out, held_out_labels = labelled_clips(clips_dir, split)
-        metrics[f"{split}_accuracy"] = round(accuracy(model, held_out, held_out_labels), 4)
+        held_out, held_out_labels = labelled_clips(clips_dir, (split,))
+        metrics[f"{split}_accuracy"] = round(class_accuracy(model, held_out, held_out_labels), 4)
         metrics[f"{split}_clips"] = len(held_out)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("domain classifier -> %s: %s", out_dir, metrics)
@@ -129,12 +103,12 @@ def run(params_path: str = "params.yaml", clips_dir: Path = CLIPS_DIR, out_dir: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder")
-    parser.add_argument("--out", default=str(OUT_DIR), help="model directory to write")
+    parser.add_argument("--clips", required=True, help="clip shard folder")
+    parser.add_argument("--out", required=True, help="model directory to write")
     args = parser.parse_args(argv)
     configure_logging()
     run(args.params, Path(args.clips), Path(args.out))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,7 +1,7 @@
 """Stage `train_mlm`: train the masked token model on token shards, record it in MLflow.
 
 Reads the train token grids with Ray Data (split across Ray Train workers), trains with
-stages.mlm_training, and writes artifacts/mlm/ (config.json + model.safetensors +
+magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json + model.safetensors +
 metrics.json) and sample GIFs per class and for frame prediction in artifacts/mlm/samples/.
 A killed run resumes from its last checkpoint when the stage is run again.
 """
@@ -19,22 +19,20 @@ import pyarrow.parquet as pq
 import ray.data
 import torch
 
+from magvit.cli import run_stage
+from magvit.formats.token_shards import token_shard_paths
+from magvit.logs import configure_logging
+from magvit.media.video_encode import write_gif
+from magvit.params import Params, load_params
+from magvit.runtime.mlflow_models import MLMPyfunc
+from magvit.runtime.mlflow_tracking import mean_metric
+from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
+from magvit.training.mlm_loop import masked_token_metrics, to_token_tensors, train_loop
+from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer
-from stages.generation import class_samples, predict_frames, sampler_config, tile_clips, write_gif
-from stages.logs import configure_logging
-from stages.mlflow_models import MLMPyfunc, register_model_dir
-from stages.mlflow_tracking import log_final_metrics, mean_metric, write_metric_curves
-from stages.mlm_training import evaluate, to_token_tensors, train_loop
-from stages.params import Params, load_params
-from stages.ray_training import files_fingerprint, final_state, fit, start_training_run
 
 log = logging.getLogger("train_mlm")
-TOKENS_DIR = Path("data/tokens")
-TOKENIZER_DIR = Path("artifacts/tokenizer")
-OUT_DIR = Path("artifacts/mlm")
-SAMPLES_DIR = Path("artifacts/mlm/samples")
-PLOTS = Path("artifacts/mlm_plots/curves.csv")
 EXPERIMENT = "magvit2-mlm"
 REGISTERED_MODEL = "magvit2-mlm"
 CURVES = ("loss/masked_tokens", "train/masked_accuracy", "val/class_accuracy")
@@ -54,7 +52,7 @@ def grid_filter(grid) -> str:
 
 def token_table(tokens_dir: Path, split: str, grid):
     """The rows of one split whose grid is `grid` (images, T = 1, have another grid)."""
-    paths = sorted((tokens_dir / split).glob("part-*.parquet"))
+    paths = token_shard_paths(tokens_dir, split)
     if not paths:
         raise FileNotFoundError(f"no token shards under {tokens_dir}/{split}; run tokenize first")
     table = pq.read_table(
@@ -68,11 +66,12 @@ def token_table(tokens_dir: Path, split: str, grid):
     return table.filter(keep), paths
 
 
-def write_samples(mlm, tokenizer, params: Params, val_tokens, out_dir: Path) -> dict:
+def write_samples(
+    mlm, tokenizer, params: Params, names: list[str], val_tokens, out_dir: Path
+) -> dict:
     """A GIF per class (samples side by side) and frame-prediction GIFs from val clips."""
     train = params.train_mlm
     config = sampler_config(train.sampling)
-    names = _class_names(params.validate_clips.num_classes)
     written = {}
     for class_id, name in enumerate(names):
         videos = class_samples(
@@ -94,42 +93,36 @@ def write_samples(mlm, tokenizer, params: Params, val_tokens, out_dir: Path) -> 
     return written
 
 
-def _class_names(count: int) -> list[str]:
-    classes = Path("data/raw/classes.json")
-    names = json.loads(classes.read_text()) if classes.is_file() else []
+def class_names(classes_json: Path, count: int) -> list[str]:
+    """Names of the corpus's classes (the corpus stage's classes.json), `classN` past them."""
+    names = json.loads(classes_json.read_text()) if classes_json.is_file() else []
     return [names[i] if i < len(names) else f"class{i}" for i in range(count)]
 
 
 def run(
-    params_path: str = "params.yaml",
-    tokens_dir: Path = TOKENS_DIR,
-    tokenizer_dir: Path = TOKENIZER_DIR,
-    out_dir: Path = OUT_DIR,
-    samples_dir: Path = SAMPLES_DIR,
+    params_path: str,
+    tokens_dir: Path,
+    tokenizer_dir: Path,
+    classes_json: Path,
+    out_dir: Path,
+    samples_dir: Path,
+    curves_csv: Path,
 ) -> dict:
     params = load_params(params_path)
     tokenizer = MagvitTokenizer.from_pretrained(tokenizer_dir).eval()
     config = model_config(params, tokenizer)
-    train = params.train_mlm
+    train, ray_train = params.train_mlm, params.ray.train
     train_table, train_paths = token_table(tokens_dir, "train", config.grid)
     val_table, _ = token_table(tokens_dir, "val", config.grid)
     if train_table.num_rows == 0 or val_table.num_rows == 0:
         raise ValueError(f"no train or val token grids of shape {config.grid} in {tokens_dir}")
 
-    ray_train = params.ray.train
-    flat = {f"train.{k}": v for k, v in train.model_dump().items()}
-    flat |= {f"model.{k}": v for k, v in config.to_dict().items()} | {"seed": params.seed}
-    definition = (
-        config.to_dict(),
-        train.model_dump(exclude={"log_every", "eval_every", "sampling"}),
-        params.seed,
-        files_fingerprint(train_paths),
-    )
-    run = start_training_run("mlm", EXPERIMENT, definition, flat, ray_train)
-
-    no_label = config.num_classes
+    run = start_training_run(
+        "mlm", EXPERIMENT, train, config, params.seed, train_paths, ray_train,
+        cadence_keys={"log_every", "eval_every", "sampling"},
+    )  # fmt: skip
     val_tokens, val_labels = to_token_tensors(
-        val_table["tokens"].to_pylist(), val_table["label"].to_pylist(), no_label
+        val_table["tokens"].to_pylist(), val_table["label"].to_pylist(), config.num_classes
     )
     datasets = {
         "tokens": ray.data.read_parquet([str(p.resolve()) for p in train_paths])
@@ -137,54 +130,45 @@ def run(
         .filter(expr=grid_filter(config.grid))
         .materialize()
     }
-    loop_config = {
-        "train": train.model_dump(),
-        "model": config.to_dict(),
-        "seed": params.seed,
-        "cpus_per_worker": ray_train.cpus_per_worker,
-        "tracking_uri": run.tracking_uri,
-        "mlflow_run_id": run.mlflow_run_id,
-        "val": (val_tokens.numpy(), val_labels.numpy()),
-    }
-    result = fit(train_loop, loop_config, datasets, ray_train, train.storage_path, run.key)
-    state = final_state(result)
+    val = (val_tokens.numpy(), val_labels.numpy())
+    loop = loop_config(run, train, config, params.seed, ray_train, val=val)
+    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key)
 
     mlm = MaskedTokenTransformer(config)
     mlm.load_state_dict(state["model"])
-    mlm.eval().save_pretrained(out_dir)
+    mlm.eval()
     condition = train.condition_frames * config.grid[1] * config.grid[2]
-    client, run_id = run.client, run.mlflow_run_id
-    metrics = {"steps": state["step"], "run_key": run.key, "mlflow_run_id": run_id}
-    metrics |= {
-        k.replace("val/", "val_"): round(v, 4)
-        for k, v in evaluate(mlm, val_tokens, val_labels, condition, params.seed).items()
-    }
-    metrics["tokens_per_s"] = mean_metric(client, run_id, "tokens_per_s")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_metric_curves(client, run_id, CURVES, PLOTS)
-    log_final_metrics(client, run_id, metrics, state["step"])
+    scores = masked_token_metrics(mlm, val_tokens, val_labels, condition, params.seed)
+    metrics = {k.replace("val/", "val_"): round(v, 4) for k, v in scores.items()}
+    metrics["tokens_per_s"] = mean_metric(run.client, run.mlflow_run_id, "tokens_per_s")
 
     torch.manual_seed(params.seed)
-    samples = write_samples(mlm, tokenizer, params, val_tokens, samples_dir)
+    names = class_names(classes_json, params.validate_clips.num_classes)
+    samples = write_samples(mlm, tokenizer, params, names, val_tokens, samples_dir)
     for path in samples.values():
-        client.log_artifact(run_id, str(path), "samples")
-    client.log_artifact(run_id, str(out_dir / "metrics.json"))
-    version = register_model_dir(run_id, out_dir, REGISTERED_MODEL, MLMPyfunc())
-    log.info("mlm -> %s, registered %s v%s: %s", out_dir, REGISTERED_MODEL, version, metrics)
-    return metrics
+        run.client.log_artifact(run.mlflow_run_id, str(path), "samples")
+    return finish_training(
+        run, mlm, out_dir, metrics, CURVES, curves_csv, MLMPyfunc(), REGISTERED_MODEL,
+        state["step"],
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--tokens", default=str(TOKENS_DIR), help="token shard folder")
-    parser.add_argument("--tokenizer", default=str(TOKENIZER_DIR), help="tokenizer directory")
-    parser.add_argument("--out", default=str(OUT_DIR), help="model directory to write")
-    parser.add_argument("--samples", default=str(SAMPLES_DIR), help="folder for sample GIFs")
+    parser.add_argument("--tokens", required=True, help="token shard folder")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    parser.add_argument("--classes", required=True, help="classes.json of the corpus")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--samples", required=True, help="folder for sample GIFs")
+    parser.add_argument("--curves", required=True, help="CSV of the training curves (DVC plots)")
     args = parser.parse_args(argv)
     configure_logging()
-    run(args.params, Path(args.tokens), Path(args.tokenizer), Path(args.out), Path(args.samples))
+    run(
+        args.params, Path(args.tokens), Path(args.tokenizer), Path(args.classes), Path(args.out),
+        Path(args.samples), Path(args.curves),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

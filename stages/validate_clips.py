@@ -16,15 +16,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.clip_shards import CLIP_SCHEMA, clip_frames, shard_paths
-from stages.gx_suite import SuiteResult, ValidationFailed, run_suite
-from stages.logs import configure_logging
-from stages.manifest import SPLITS
-from stages.params import ValidateClipsParams, load_params
+from magvit.cli import run_stage
+from magvit.formats.clip_shards import CLIP_SCHEMA, clip_frames, shard_paths
+from magvit.formats.corpus_manifest import SPLITS
+from magvit.logs import configure_logging
+from magvit.params import ValidateClipsParams, load_params
+from magvit.runtime.gx_suite import SuiteResult, ValidationFailed, run_suite
 
 log = logging.getLogger("validate_clips")
-CLIPS_DIR = Path("data/clips")
-OUT_DIR = Path("artifacts/validation")
 
 PANDAS_DTYPES = {pa.string(): "str", pa.int32(): "int32", pa.float32(): "float32"}
 
@@ -113,23 +112,24 @@ def clip_expectations(params: ValidateClipsParams) -> list:
 
 
 def validate_clips(
-    clips_dir: Path, params: ValidateClipsParams, out_dir: Path = OUT_DIR
+    clips_dir: Path, params: ValidateClipsParams, results_path: Path, docs_dir: Path
 ) -> SuiteResult:
     frame = clip_summary_frame(clips_dir)
     log.info("validating %d clips from %d shards", len(frame), frame["shard"].nunique())
-    return run_suite(frame, "clips", clip_expectations(params), out_dir)
+    return run_suite(frame, "clips", clip_expectations(params), results_path, docs_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder")
-    parser.add_argument("--out", default=str(OUT_DIR), help="folder for results and Data Docs")
+    parser.add_argument("--clips", required=True, help="clip shard folder")
+    parser.add_argument("--results", required=True, help="validation results JSON to write")
+    parser.add_argument("--docs", required=True, help="folder of the Data Docs site (replaced)")
     args = parser.parse_args(argv)
     configure_logging()
     params = load_params(args.params)
-    validate_clips(Path(args.clips), params.validate_clips, Path(args.out))
+    validate_clips(Path(args.clips), params.validate_clips, Path(args.results), Path(args.docs))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,21 +19,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.clip_shards import shard_paths
-from stages.gx_suite import SuiteResult, ValidationFailed, run_suite
-from stages.logs import configure_logging
-from stages.token_shards import (
+from magvit.cli import run_stage
+from magvit.formats.clip_shards import shard_paths
+from magvit.formats.token_shards import (
     TOKEN_SCHEMA,
     TokenManifest,
     TokenShardError,
-    read_manifest,
+    read_token_manifest,
     token_shard_paths,
 )
+from magvit.logs import configure_logging
+from magvit.runtime.gx_suite import SuiteResult, ValidationFailed, run_suite
 
 log = logging.getLogger("validate_tokens")
-TOKENS_DIR = Path("data/tokens")
-CLIPS_DIR = Path("data/clips")
-OUT_DIR = Path("artifacts/validation")
 SCALAR_COLUMNS = [f.name for f in TOKEN_SCHEMA if f.name != "tokens"]
 
 
@@ -116,26 +114,31 @@ def clip_ids_of(clips_dir: Path) -> set[str]:
     return set(pq.read_table(shards, columns=["clip_id"])["clip_id"].to_pylist())
 
 
-def validate_tokens(tokens_dir: Path, clips_dir: Path, out_dir: Path = OUT_DIR) -> SuiteResult:
+def validate_tokens(
+    tokens_dir: Path, clips_dir: Path, results_path: Path, docs_dir: Path
+) -> SuiteResult:
     try:
-        manifest = read_manifest(tokens_dir)
+        manifest = read_token_manifest(tokens_dir)
     except TokenShardError as error:
         raise ValidationFailed(str(error)) from None
     clip_ids = clip_ids_of(clips_dir)
     frame = token_summary_frame(tokens_dir, clip_ids)
     log.info("validating %d token rows from %d shards", len(frame), frame["shard"].nunique())
-    return run_suite(frame, "tokens", token_expectations(manifest, len(clip_ids)), out_dir)
+    return run_suite(
+        frame, "tokens", token_expectations(manifest, len(clip_ids)), results_path, docs_dir
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", default=str(TOKENS_DIR), help="token shard folder")
-    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder they came from")
-    parser.add_argument("--out", default=str(OUT_DIR), help="folder for results and Data Docs")
+    parser.add_argument("--tokens", required=True, help="token shard folder")
+    parser.add_argument("--clips", required=True, help="clip shard folder they came from")
+    parser.add_argument("--results", required=True, help="validation results JSON to write")
+    parser.add_argument("--docs", required=True, help="folder of the Data Docs site (replaced)")
     args = parser.parse_args(argv)
     configure_logging()
-    validate_tokens(Path(args.tokens), Path(args.clips), Path(args.out))
+    validate_tokens(Path(args.tokens), Path(args.clips), Path(args.results), Path(args.docs))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages.clip_shards import CLIP_SCHEMA, write_table_atomic
-from stages.synthetic import ShapeVideoSpec, render_shape_video
+from magvit.formats.clip_shards import CLIP_SCHEMA
+from magvit.formats.files import write_table_atomic
+from magvit.media.synthetic import ShapeVideoSpec, render_shape_video
 
 
 def clip_row(video_id: str, split: str, frames: np.ndarray, label: int | None) -> dict:

@@ -25,3 +25,22 @@ def in_tmp(tmp_path, monkeypatch):
     """Run a test from an empty folder (stages write relative paths)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def stage_argv(stage: str) -> list[str]:
+    """The arguments dvc.yaml gives `stage` after `python -m stages.<stage>` (its paths)."""
+    import shlex
+
+    import yaml
+
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    return shlex.split(cmd)[3:]
+
+
+def stage_paths(stage: str) -> dict[str, Path]:
+    """dvc.yaml's paths of `stage` by option name: {"clips": Path("data/clips"), ...}."""
+    argv = stage_argv(stage)
+    return {
+        flag[2:].replace("-", "_"): Path(value)
+        for flag, value in zip(argv[::2], argv[1::2], strict=True)
+    }

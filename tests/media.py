@@ -8,7 +8,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from stages.synthetic import write_mp4
+from magvit.media.video_encode import write_mp4
 
 
 def index_video(path: Path, num_frames: int, fps: float, height: int = 64, width: int = 64) -> Path:

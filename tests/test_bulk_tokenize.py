@@ -7,19 +7,19 @@ import torch
 import yaml
 from test_tokenize import DECODE, tiny_tokenizer
 
-from models.tokenizer import MagvitTokenizer
-from stages.bulk_tokenize import BulkTokenizeError, main, run_bulk
-from stages.clip_shards import clip_frames, iter_clip_rows
-from stages.decode import clip_spec, clips_from_entry
-from stages.manifest import ManifestEntry, video_id_for
-from stages.params import parse_params
-from stages.token_shards import (
+from magvit.commands.bulk_tokenize import BulkTokenizeError, main, run_bulk
+from magvit.formats.clip_shards import clip_frames, iter_clip_rows
+from magvit.formats.corpus_manifest import ManifestEntry, video_id_for
+from magvit.formats.token_shards import (
     TokenShardError,
     load_token_shards,
-    read_manifest,
+    read_token_manifest,
     token_shard_paths,
     tokenizer_fingerprint,
 )
+from magvit.media.clip_decoding import clip_spec, clips_from_entry
+from magvit.params import parse_params
+from models.tokenizer import MagvitTokenizer
 
 from clip_fixtures import write_clip_folder
 from media import index_video, png, textured_video
@@ -69,7 +69,7 @@ def test_bulk_writes_the_token_schema_rejects_and_manifest(corpus, full_run):
     assert [(r["source"], r["stage"], r["error_type"]) for r in rejects] == [
         (str((media / "d.mp4").resolve()), "decode", "unreadable_container")
     ]
-    manifest = read_manifest(out)
+    manifest = read_token_manifest(out)
     assert manifest.complete and manifest.fingerprint == tokenizer_fingerprint(tokenizer)
     assert manifest.source["files_per_shard"] == 2 and manifest.source["chunks"] == 3
 
@@ -109,7 +109,7 @@ def test_an_interrupted_job_finishes_on_rerun_without_redoing_shards(corpus, ful
     assert all(resumed[k].equals(uninterrupted[k]) for k in resumed)
     ids = load_token_shards(out)["clip_id"].to_pylist()
     assert len(ids) == len(set(ids))
-    assert read_manifest(out) == read_manifest(full)
+    assert read_token_manifest(out) == read_token_manifest(full)
 
 
 def test_an_output_of_another_tokenizer_is_refused(corpus, full_run, tmp_path, capsys):

@@ -7,7 +7,7 @@ MAGVIT = Path(sys.executable).parent / "magvit"
 
 def test_help_lists_every_command():
     out = subprocess.run([MAGVIT, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("corpus", "decode", "validate-clips"):
+    for command in ("corpus", "decode", "validate-clips", "tokenize-clips", "tokenize"):
         assert command in out
 
 
@@ -17,7 +17,10 @@ def test_command_help_and_params_errors_are_clean(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("decode:\n  crop_size: 999\n")
     result = subprocess.run(
-        [MAGVIT, "corpus", "--params", str(bad)], capture_output=True, text=True, cwd=tmp_path
+        [MAGVIT, "corpus", "--params", str(bad), "--out", "data/raw"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode != 0
     assert "decode: Value error" not in result.stderr and "crop_size (999)" in result.stderr

@@ -9,9 +9,8 @@ import pytest
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from models.recon_metrics import MS_SSIM_BETAS, ms_ssim, ms_ssim_scales, psnr
-from stages import compression
-from stages.compression import (
+from magvit.evaluation import compression
+from magvit.evaluation.compression import (
     codec_at_bpp,
     decode_tokens,
     empirical_entropy_bits,
@@ -21,7 +20,8 @@ from stages.compression import (
     rate_point,
     token_bits_per_pixel,
 )
-from stages.fixed_heap_fill import MALLOPT, fixed_heap_fill
+from magvit.media.fixed_heap_fill import MALLOPT, fixed_heap_fill
+from models.recon_metrics import MS_SSIM_BETAS, ms_ssim, ms_ssim_scales, psnr
 
 CODECS = ["h264", "hevc"]
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from magvit.formats.corpus_manifest import read_corpus_manifest
+from magvit.media.synthetic import CLASS_NAMES, ShapeVideoSpec, render_shape_video
+from magvit.params import CorpusParams, SyntheticParams
 from stages import corpus
-from stages.manifest import read_manifest
-from stages.params import CorpusParams, SyntheticParams
-from stages.synthetic import CLASS_NAMES, ShapeVideoSpec, render_shape_video
 
 from media import textured_video
 
@@ -62,7 +62,9 @@ def test_manifest_is_written_and_read_back(in_tmp):
         "val_per_class: 0, test_per_class: 1}\n  images: [coffee]\n"
     )
     written = corpus.run("params.yaml", in_tmp / "data" / "raw")
-    read = read_manifest(in_tmp / "data" / "raw" / "manifest.csv", root=in_tmp / "data" / "raw")
+    read = read_corpus_manifest(
+        in_tmp / "data" / "raw" / "manifest.csv", root=in_tmp / "data" / "raw"
+    )
     assert [(e.video_id, e.label, e.split) for e in read] == [
         (e.video_id, e.label, e.split) for e in written
     ]
@@ -101,7 +103,7 @@ def test_bad_manifest_rows_name_the_line(tmp_path, row, message):
     with manifest.open("w", newline="") as handle:
         csv.writer(handle).writerows([["path", "label", "split"], row])
     with pytest.raises(ValueError, match=f"list.csv:2: {message}"):
-        read_manifest(manifest)
+        read_corpus_manifest(manifest)
 
 
 def test_bad_sources_say_what_is_allowed(tmp_path):

@@ -4,12 +4,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from stages.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
-from stages.decode import TASK_WEIGHT, file_weight, plan_tasks, run_decode
-from stages.manifest import ManifestEntry, video_id_for
-from stages.params import DecodeParams
-from stages.synthetic import write_mp4
-from stages.video_decode import ClipSpec, RejectedInput, decode_file
+from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
+from magvit.formats.corpus_manifest import ManifestEntry, video_id_for
+from magvit.media.clip_decoding import TASK_WEIGHT, file_weight, plan_tasks, run_decode
+from magvit.media.video_decode import ClipSpec, RejectedInput, decode_file
+from magvit.media.video_encode import write_mp4
+from magvit.params import DecodeParams
 
 from media import audio_only, index_video, png, textured_video, truncated_copy
 

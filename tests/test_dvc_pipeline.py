@@ -30,7 +30,10 @@ def test_dvc_repro_runs_the_data_stages_then_does_nothing(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "magvit", "models"):  # the code dvc.yaml's deps name
+        shutil.copytree(
+            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["corpus"]["synthetic"].update(videos_per_class=3, num_frames=30, size=48)
     params["corpus"].update(

@@ -9,14 +9,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from magvit.evaluation.domain_features import class_accuracy, domain_outputs
+from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
+from magvit.media.synthetic import ShapeVideoSpec, render_shape_video
+from magvit.params import DomainClassifierParams, EvaluateParams
 from models.domain_classifier import DomainClassifier, DomainClassifierConfig
 from models.mlm import MaskedTokenTransformer, MLMConfig
 from models.recon_metrics import psnr, ssim
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 from stages import evaluate, train_domain_classifier
-from stages.feature_nets import FeatureNets, load_feature_nets
-from stages.params import DomainClassifierParams, EvaluateParams
-from stages.synthetic import ShapeVideoSpec, render_shape_video
 
 from clip_fixtures import write_clip_folder
 
@@ -50,17 +51,17 @@ def test_domain_classifier_learns_shapes_and_round_trips(tmp_path):
     params = DomainClassifierParams(channels=(16, 32), feature_dim=16, steps=150, batch_size=8)
     model = train_domain_classifier.train(clips, labels, params, num_classes=8, seed=0)
     held_out = shape_clips([0, 6] * 8, seed=500)
-    accuracy = train_domain_classifier.accuracy(model, held_out, np.array([0, 6] * 8))
+    accuracy = class_accuracy(model, held_out, np.array([0, 6] * 8))
     assert accuracy > 0.6  # one class for all (an untrained net) scores 0.5
 
     model.save_pretrained(tmp_path / "dc")
     loaded = DomainClassifier.from_pretrained(tmp_path / "dc")
-    features, predictions = train_domain_classifier.domain_outputs(loaded, held_out)
-    original = train_domain_classifier.domain_outputs(model, held_out)
+    features, predictions = domain_outputs(loaded, held_out)
+    original = domain_outputs(model, held_out)
     np.testing.assert_allclose(features, original[0], rtol=1e-6)
     assert features.shape == (16, 16) and predictions.shape == (16,)
     single_frames = evaluate.as_frames(held_out)  # T = 1 clips for fid_domain
-    assert train_domain_classifier.domain_outputs(loaded, single_frames)[0].shape == (80, 16)
+    assert domain_outputs(loaded, single_frames)[0].shape == (80, 16)
 
 
 def test_domain_metrics_grow_as_noise_is_added():
@@ -132,7 +133,10 @@ def eval_workspace(in_tmp, monkeypatch):
 
 def test_evaluate_stage_writes_metrics_plots_samples_and_mlflow_run(eval_workspace):
     root, client = eval_workspace
-    metrics = evaluate.run("params.yaml", root / "data" / "clips", root / "artifacts" / "eval")
+    models = {n: root / "artifacts" / n for n in ("tokenizer", "mlm", "domain_classifier")}
+    metrics = evaluate.run(
+        "params.yaml", root / "data" / "clips", models, root / "artifacts" / "eval"
+    )
 
     saved = json.loads((root / "artifacts/eval/metrics.json").read_text())
     assert saved == metrics

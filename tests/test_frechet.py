@@ -73,7 +73,7 @@ def test_singular_covariances_give_the_low_rank_value():
     )
     got = frechet_distance_between(a, b)
     assert type(got) is float and np.isfinite(got) and got >= 0
-    assert got == pytest.approx(expected, rel=1e-8)
+    assert got == pytest.approx(expected, rel=1e-7)  # sqrtm of a singular product: ~1e-8
     trace = np.sum(xa**2) / 11
     assert 0.0 <= frechet_distance_between(a, a) < 1e-6 * trace
 

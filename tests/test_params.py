@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from stages.params import ParamsError, load_params, parse_params
+from magvit.params import ParamsError, load_params, parse_params
 
 from conftest import ROOT
 

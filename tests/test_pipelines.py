@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from magvit.media.video_encode import write_mp4
 from pipelines.champion import CHAMPION, decide_champion, promote_if_better
 from pipelines.end_to_end import DvcLockTimeout, StageFailed, end_to_end
 from pipelines.nightly import nightly_deployment
@@ -51,7 +52,6 @@ def clean_env():
 
 
 def write_video(path: Path, seed: int, frames: int, size: int) -> None:
-    from stages.synthetic import write_mp4
 
     rng = np.random.default_rng(seed)
     write_mp4(rng.integers(0, 255, size=(frames, size, size, 3), dtype=np.uint8), path, fps=8)
@@ -70,7 +70,7 @@ def repo(tmp_path_factory, clean_env) -> Path:
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, repo)
-    for name in ("stages", "models"):
+    for name in ("stages", "magvit", "models"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     splits = ["train", "train", "val", "test"]
     for index in range(len(splits)):
@@ -313,7 +313,7 @@ def test_decide_champion(new, current, direction, min_delta, promote):
 def test_champion_alias_moves_only_to_a_better_version(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from stages.mlflow_models import TokenizerPyfunc, register_model_dir
+    from magvit.runtime.mlflow_models import TokenizerPyfunc, register_model_dir
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -12,26 +12,27 @@ import ray.data
 import torch
 from PIL import Image
 
-from models.tokenizer import MagvitTokenizer, TokenizerConfig
-from stages.clip_shards import clip_frames, iter_clip_rows, write_table_atomic
-from stages.detokenize import detokenize
-from stages.gx_suite import ValidationFailed
-from stages.params import ParamsError, parse_params
-from stages.token_shards import (
+from magvit.commands.detokenize import detokenize
+from magvit.formats.clip_shards import clip_frames, iter_clip_rows
+from magvit.formats.files import write_table_atomic
+from magvit.formats.token_shards import (
     TOKEN_SCHEMA,
     TokenShardError,
     load_token_shards,
-    read_manifest,
+    read_token_manifest,
     token_shard_paths,
     tokenizer_fingerprint,
 )
-from stages.tokenize import (
+from magvit.params import ParamsError, parse_params
+from magvit.runtime.gx_suite import ValidationFailed
+from magvit.tokenization.actor_pool import (
     actor_threads,
     check_capacity,
     clip_shard_dataset,
     plan_clip_chunks,
     run_tokenize,
 )
+from models.tokenizer import MagvitTokenizer, TokenizerConfig
 from stages.validate_tokens import validate_tokens
 
 from clip_fixtures import write_clip_folder
@@ -105,7 +106,7 @@ def test_shards_follow_the_schema_and_the_manifest_describes_them(tokenized):
     assert saved["counts"] == {
         s: sum(c["split"] == s for c in clips) for s in ("test", "train", "val")
     }
-    assert read_manifest(root / "tokens") == manifest
+    assert read_token_manifest(root / "tokens") == manifest
 
 
 def test_same_inputs_give_identical_shards_whatever_the_pool(tokenized, tmp_path):
@@ -140,7 +141,12 @@ def test_reader_refuses_incomplete_or_inconsistent_folders(tokenized, tmp_path):
 
 def test_validate_tokens_passes_good_shards(tokenized, tmp_path):
     root, _ = tokenized
-    result = validate_tokens(root / "tokens", root / "clips", tmp_path / "out")
+    result = validate_tokens(
+        root / "tokens",
+        root / "clips",
+        tmp_path / "out" / "tokens.json",
+        tmp_path / "out" / "tokens_docs",
+    )
     assert result.success and result.failures == []
     assert (tmp_path / "out" / "tokens.json").is_file() and result.docs_index.is_file()
 
@@ -157,7 +163,12 @@ def test_validate_tokens_fails_a_broken_shard_with_a_readable_summary(tokenized,
     write_table_atomic(pa.Table.from_pylist(rows, schema=TOKEN_SCHEMA), shard)
 
     with pytest.raises(ValidationFailed) as error:
-        validate_tokens(tokens, root / "clips", tmp_path / "out")
+        validate_tokens(
+            tokens,
+            root / "clips",
+            tmp_path / "out" / "tokens.json",
+            tmp_path / "out" / "tokens_docs",
+        )
     message = str(error.value)
     for expected in (
         "expect_column_values_to_be_unique {'column': 'clip_id'",

@@ -14,9 +14,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from magvit.runtime.mlflow_models import model_dir_from_uri
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
-from stages.mlflow_models import model_dir_from_uri
+
+from conftest import stage_paths
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 GRID = (2, 4, 4)  # 5 x 32 x 32 clips through the tiny tokenizer below
@@ -75,7 +77,11 @@ def workspace(in_tmp, monkeypatch):
 def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local):
     from stages.train_mlm import run
 
-    metrics = run("params.yaml")
+    paths = stage_paths("train_mlm")
+    metrics = run(
+        "params.yaml", paths["tokens"], paths["tokenizer"], paths["classes"], paths["out"],
+        paths["samples"], paths["curves"],
+    )  # fmt: skip
 
     model = MaskedTokenTransformer.from_pretrained(workspace / "artifacts" / "mlm")
     assert model.config.grid == GRID and model.config.num_classes == 8

@@ -15,11 +15,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from magvit.runtime.mlflow_models import model_dir_from_uri
+from magvit.training.ray_harness import STATE_FILE, load_state_file
 from models.tokenizer import MagvitTokenizer
-from stages.mlflow_models import model_dir_from_uri
-from stages.ray_training import STATE_FILE, load_state_file
 
 from clip_fixtures import write_clip_folder
+from conftest import stage_argv, stage_paths
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}
@@ -93,7 +94,8 @@ def workspace(in_tmp, monkeypatch):
 def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local):
     from stages.train_tokenizer import run
 
-    metrics = run(str(write_params(workspace)))
+    paths = stage_paths("train_tokenizer")
+    metrics = run(str(write_params(workspace)), paths["clips"], paths["out"], paths["curves"])
 
     saved = checkpoints(workspace / "runs")
     assert saved, "a checkpoint every checkpoint_every steps"
@@ -149,7 +151,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
     )
     env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
     first = subprocess.Popen(
-        [MAGVIT, "train-tokenizer", "--params", str(params)],
+        [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")],
         cwd=workspace, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -169,7 +171,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
     assert not (workspace / "artifacts" / "tokenizer" / "model.safetensors").exists()
 
     second = subprocess.run(
-        [MAGVIT, "train-tokenizer", "--params", str(params)],
+        [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")],
         cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
+from magvit.training.ray_harness import run_key
 from models.ema import EMA
 from models.lr_schedule import warmup_cosine_lr
 from models.recon_metrics import codebook_usage, psnr, ssim
-from stages.ray_training import run_key
 
 
 def test_ema_trails_the_model_and_copies_buffers():
@@ -66,7 +66,7 @@ def test_run_key_changes_with_what_defines_the_run():
 
 
 def test_clip_shape_must_fit_the_tokenizer():
-    from stages.params import ParamsError, check_clip_shape, parse_params
+    from magvit.params import ParamsError, check_clip_shape, parse_params
 
     params = parse_params({"decode": {"resize_short_side": 72, "crop_size": 60}})
     with pytest.raises(ParamsError, match="decode.num_frames / decode.crop_size"):
@@ -76,7 +76,7 @@ def test_clip_shape_must_fit_the_tokenizer():
 
 
 def test_tokenizer_overrides_are_validated():
-    from stages.params import ParamsError, parse_params
+    from magvit.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match="tokenizer: overrides"):
         parse_params({"tokenizer": {"overrides": {"bitz": 12}}})

@@ -4,9 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.clip_shards import CLIP_SCHEMA, write_table_atomic
-from stages.gx_suite import ValidationFailed
-from stages.params import ValidateClipsParams
+from magvit.formats.clip_shards import CLIP_SCHEMA
+from magvit.formats.files import write_table_atomic
+from magvit.params import ValidateClipsParams
+from magvit.runtime.gx_suite import ValidationFailed
 from stages.validate_clips import validate_clips
 
 PARAMS = ValidateClipsParams(min_pixel_std=1.0, num_classes=8)
@@ -36,7 +37,9 @@ def write_split_shards(clips_dir, rows, schema=CLIP_SCHEMA):
 
 def test_good_shards_pass_and_write_results_and_docs(tmp_path):
     write_split_shards(tmp_path / "clips", good_rows())
-    result = validate_clips(tmp_path / "clips", PARAMS, tmp_path / "out")
+    result = validate_clips(
+        tmp_path / "clips", PARAMS, tmp_path / "out" / "clips.json", tmp_path / "out" / "clips_docs"
+    )
     assert result.success and result.failures == []
     saved = json.loads(result.results_path.read_text())
     assert saved["success"] is True and saved["statistics"]["evaluated_expectations"] >= 20
@@ -52,7 +55,12 @@ def test_broken_shard_fails_with_a_readable_summary(tmp_path):
     write_split_shards(tmp_path / "clips", rows)
 
     with pytest.raises(ValidationFailed) as error:
-        validate_clips(tmp_path / "clips", PARAMS, tmp_path / "out")
+        validate_clips(
+            tmp_path / "clips",
+            PARAMS,
+            tmp_path / "out" / "clips.json",
+            tmp_path / "out" / "clips_docs",
+        )
     message = str(error.value)
     for expected in (
         "expect_column_values_to_be_unique {'column': 'clip_id'",
@@ -70,7 +78,12 @@ def test_missing_split_and_wrong_schema_fail(tmp_path):
     loose = pa.schema([f.with_type(pa.int64()) if f.name == "label" else f for f in CLIP_SCHEMA])
     write_split_shards(tmp_path / "clips", rows, schema=loose)
     with pytest.raises(ValidationFailed) as error:
-        validate_clips(tmp_path / "clips", PARAMS, tmp_path / "out")
+        validate_clips(
+            tmp_path / "clips",
+            PARAMS,
+            tmp_path / "out" / "clips.json",
+            tmp_path / "out" / "clips_docs",
+        )
     message = str(error.value)
     assert "expect_column_distinct_values_to_contain_set {'column': 'split'" in message
     assert "'column': 'schema_matches'" in message
@@ -78,4 +91,9 @@ def test_missing_split_and_wrong_schema_fail(tmp_path):
 
 def test_no_shards_is_a_clear_failure(tmp_path):
     with pytest.raises(ValidationFailed, match="no clip shards"):
-        validate_clips(tmp_path / "clips", PARAMS, tmp_path / "out")
+        validate_clips(
+            tmp_path / "clips",
+            PARAMS,
+            tmp_path / "out" / "clips.json",
+            tmp_path / "out" / "clips_docs",
+        )

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
+from magvit.params import EvaluateParams
 from models.domain_classifier import DomainClassifier
 from models.i3d import load_i3d
 from models.inception import load_fid_inception
 from models.losses import build_perceptual_loss
-from stages.params import EvaluateParams
 
 log = logging.getLogger("evaluate")
 

@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from magvit.formats.files import atomic_path
+
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -40,15 +42,12 @@ def video_id_for(path: Path, root: Path) -> str:
     return hashlib.sha1(relative.as_posix().encode()).hexdigest()[:16]
 
 
-def write_manifest(entries: list[ManifestEntry], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
+def write_corpus_manifest(entries: list[ManifestEntry], path: Path) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for e in entries:
             writer.writerow([e.path, e.video_id, "" if e.label is None else e.label, e.split])
-    tmp.replace(path)
 
 
 def _parse_label(value: str | None, where: str) -> int | None:
@@ -65,7 +64,7 @@ def _parse_label(value: str | None, where: str) -> int | None:
     return label
 
 
-def read_manifest(path: Path, root: Path | None = None) -> list[ManifestEntry]:
+def read_corpus_manifest(path: Path, root: Path | None = None) -> list[ManifestEntry]:
     """Read a manifest CSV. Only `path` is required; relative paths resolve against its folder.
 
     Missing video_id is derived from the path, missing split defaults to train.

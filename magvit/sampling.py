@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 
+from magvit.params import SamplingParams
 from models.maskgit import SamplerConfig, sample
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer
-from stages.params import SamplingParams
-from stages.synthetic import write_mp4
 
 
 def sampler_config(params: SamplingParams) -> SamplerConfig:
@@ -80,23 +76,3 @@ def tile_clips(videos: np.ndarray, columns: int | None = None) -> np.ndarray:
     padded = np.zeros((rows * columns, *videos.shape[1:]), dtype=videos.dtype)
     padded[:count] = videos
     return rearrange(padded, "(r c) t h w ch -> t (r h) (c w) ch", r=rows, c=columns)
-
-
-def write_gif(frames: np.ndarray, path: Path, fps: float = 8.0) -> None:
-    """uint8 frames [T, H, W, 3] as a looping GIF."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(frame) for frame in frames]
-    duration = int(1000 / fps)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0)
-
-
-def write_video(frames: np.ndarray, path: Path, fps: float = 8.0) -> None:
-    """uint8 frames [T, H, W, 3] as .gif or .mp4 (H.264), by the path's suffix."""
-    suffix = path.suffix.lower()
-    if suffix == ".gif":
-        write_gif(frames, path, fps)
-    elif suffix == ".mp4":
-        even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-        write_mp4(np.ascontiguousarray(even), path, fps)
-    else:
-        raise ValueError(f"output {path} must end in .gif or .mp4")

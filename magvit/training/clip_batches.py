@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from einops import rearrange
+
+from models.tokenizer import pixels_to_unit, unit_to_pixels
 
 
 def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -21,14 +22,12 @@ def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
 
 def to_model_input(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] (the paper's input range)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return rearrange(x, "b t h w c -> b c t h w").float() / 127.5 - 1.0
+    return pixels_to_unit(torch.from_numpy(np.ascontiguousarray(frames)).to(device))
 
 
 def to_uint8_video(x: torch.Tensor) -> np.ndarray:
     """float [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    video = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(video, "b c t h w -> b t h w c").cpu().numpy()
+    return unit_to_pixels(x).cpu().numpy()
 
 
 def video_grid(originals: np.ndarray, recons: np.ndarray, max_clips: int = 4) -> np.ndarray:

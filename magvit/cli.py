@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
-from stages.gx_suite import ValidationFailed
-from stages.params import ParamsError
+from magvit.errors import UserInputError
 
 # command -> (module whose main() runs it, one-line help)
 COMMANDS = {
@@ -37,11 +38,11 @@ COMMANDS = {
         "reconstruction, compression (vs H.264 / HEVC) and generation metrics, to DVC + MLflow",
     ),
     "generate": (
-        "stages.generate",
+        "magvit.commands.generate",
         "generate videos: class-conditional or frame prediction, to GIF or MP4",
     ),
     "tokenize-clips": (
-        "stages.tokenize",
+        "stages.tokenize_clips",
         "tokenize the clip shards into token shards with a Ray actor pool (DVC stage)",
     ),
     "validate-tokens": (
@@ -49,10 +50,10 @@ COMMANDS = {
         "run the Great Expectations suite over the token shards",
     ),
     "tokenize": (
-        "stages.bulk_tokenize",
+        "magvit.commands.bulk_tokenize",
         "bulk, resumable tokenisation of a folder of videos, images or clip shards",
     ),
-    "detokenize": ("stages.detokenize", "decode token shards back into MP4 / PNG files"),
+    "detokenize": ("magvit.commands.detokenize", "decode token shards back into MP4 / PNG files"),
 }
 
 
@@ -69,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a command's main(); a params or validation error ends it with one line, no traceback."""
+    try:
+        main(argv)
+    except UserInputError as error:
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"magvit {argv[0]}", *argv[1:]]  # so the command's --help names itself
     try:
         module.main(argv[1:])
-    except (ParamsError, ValidationFailed) as error:
+    except UserInputError as error:
         raise SystemExit(f"magvit {argv[0]}: {error}") from None
 
 

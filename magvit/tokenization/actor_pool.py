@@ -11,7 +11,6 @@ The actor class and the chunk writer here are shared with bulk tokenisation (`ma
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
@@ -32,25 +31,22 @@ import ray.data
 import torch
 from tqdm import tqdm
 
-from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
-from models.tokenizer import MagvitTokenizer, TokenizerConfig
-from stages.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths, write_table_atomic
-from stages.logs import configure_logging
-from stages.params import Params, ParamsError, TokenizeParams, check_clip_shape, load_params
-from stages.ray_runtime import init_ray
-from stages.token_shards import (
+from magvit.formats.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths
+from magvit.formats.files import write_table_atomic
+from magvit.formats.token_shards import (
     TOKEN_SCHEMA,
     TokenManifest,
     completed_manifest,
     new_manifest,
     tokenizer_fingerprint,
-    write_manifest,
+    write_token_manifest,
 )
+from magvit.params import Params, ParamsError, TokenizeParams, check_clip_shape
+from magvit.runtime.ray_cluster import init_ray
+from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
 log = logging.getLogger("tokenize")
-CLIPS_DIR = Path("data/clips")
-TOKENS_DIR = Path("data/tokens")
-TOKENIZER_DIR = Path("artifacts/tokenizer")
 
 # the columns a clip row brings to the actors, besides the clip shard columns it reads
 CLIP_COLUMNS = ["clip_id", "video_id", "source", "split", "label", "num_frames", "height", "width"]
@@ -333,13 +329,11 @@ def write_chunks(results: ray.data.Dataset, chunks: list[Chunk], out_dir: Path) 
     return counts
 
 
-def run_tokenize(
-    clips_dir: Path, tokenizer: str, params: Params, out_dir: Path = TOKENS_DIR
-) -> TokenManifest:
+def run_tokenize(clips_dir: Path, tokenizer: str, params: Params, out_dir: Path) -> TokenManifest:
     """Tokenize every clip shard under `clips_dir` into `out_dir` (replaced)."""
     # imported here, not at the top: the actors import this module, and mlflow would add
     # seconds to each actor's start
-    from stages.mlflow_models import model_dir_from_uri
+    from magvit.runtime.mlflow_models import model_dir_from_uri
 
     model_dir = model_dir_from_uri(str(tokenizer))
     config = tokenizer_config(model_dir)
@@ -367,30 +361,6 @@ def run_tokenize(
             f"{counts['rejects']} clips could not be tokenized; see {out_dir}/rejects/"
         )
     manifest = completed_manifest(manifest, out_dir)
-    write_manifest(manifest, out_dir)
+    write_token_manifest(manifest, out_dir)
     log.info("wrote %d token shards, clips per split %s", counts["chunks"], manifest.counts)
     return manifest
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Tokenize the clip shards (data/clips) into token shards (data/tokens) "
-        "with a pool of tokenizer actors on Ray Data (the `tokenize` DVC stage)."
-    )
-    parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--clips", default=str(CLIPS_DIR), help="clip shard folder")
-    parser.add_argument("--out", default=str(TOKENS_DIR), help="token shard folder (replaced)")
-    parser.add_argument(
-        "--tokenizer",
-        default=str(TOKENIZER_DIR),
-        help="tokenizer checkpoint folder or MLflow model URI "
-        "(e.g. models:/magvit2-tokenizer@champion); default artifacts/tokenizer",
-    )
-    args = parser.parse_args(argv)
-    configure_logging()
-    params = load_params(args.params)
-    run_tokenize(Path(args.clips), args.tokenizer, params, Path(args.out))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,12 @@
 """The Ray Train harness shared by the training stages (tokenizer, MLM).
 
-Driver side: `fit` runs a `TorchTrainer` (DDP: gloo on CPU, nccl on GPU) under a run name
-derived from everything that defines the run, so re-running a killed stage resumes from
-its last checkpoint, while changed params or data start a new run. Worker side:
-`latest_state` / `report_step` save and restore a plain dict of state, and `RankZeroLogger`
-writes MLflow metrics and images from rank 0 only.
+One skeleton for both training stages. Driver side: `start_training_run` names the run by
+everything that defines it and opens its MLflow run; `fit` runs a `TorchTrainer` (DDP: gloo
+on CPU, nccl on GPU) under that name, so re-running a killed stage resumes from its last
+checkpoint while changed params or data start a new run; `finish_training` exports the
+model, writes metrics and curves and registers the model. Worker side: `start_worker` sets
+threads, seed, device and the rank-0 MLflow logger from the typed `LoopConfig`;
+`resume` restores the last checkpoint; `due` is the step cadence; `report_step` saves.
 """
 
 from __future__ import annotations
@@ -14,22 +16,31 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import ray.data
 import ray.train
+import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from stages.mlflow_tracking import start_or_resume_run, tracking_uri
-from stages.params import RayTrainParams
-from stages.ray_runtime import init_ray
+from magvit.params import RayTrainParams
+from magvit.runtime.mlflow_models import register_model_dir
+from magvit.runtime.mlflow_tracking import (
+    log_final_metrics,
+    start_or_resume_run,
+    tracking_uri,
+    write_metric_curves,
+)
+from magvit.runtime.ray_cluster import init_ray
+from models.pretrained import DictConfig, Pretrained
 
 log = logging.getLogger("ray_training")
 STATE_FILE = "state.pt"
@@ -63,13 +74,44 @@ class TrainingRun:
     client: MlflowClient
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker's training loop (Ray pickles it)."""
+
+    train: BaseModel  # the stage's params section (TrainTokenizerParams, TrainMLMParams)
+    model: DictConfig  # the model's typed config
+    seed: int
+    cpus_per_worker: float
+    tracking_uri: str
+    mlflow_run_id: str
+    data: dict = field(default_factory=dict)  # what the loop needs from the driver (val data)
+
+
 def start_training_run(
-    prefix: str, experiment: str, definition: tuple, params: dict, ray_params: RayTrainParams
+    prefix: str,
+    experiment: str,
+    train: BaseModel,
+    model: DictConfig,
+    seed: int,
+    data_files: list[Path],
+    ray_params: RayTrainParams,
+    cadence_keys: set[str],
 ) -> TrainingRun:
     """Join Ray and open (or reopen, after a kill) the MLflow run for this definition.
 
-    `definition` is everything that makes two runs the same run (params, seed, data hash).
+    Two runs are the same run (the second resumes the first) when model config, training
+    params other than `cadence_keys` (how often to log and evaluate), seed and the bytes of
+    `data_files` agree. MLflow gets every param, flattened.
     """
+    definition = (
+        model.to_dict(),
+        train.model_dump(exclude=cadence_keys),
+        seed,
+        files_fingerprint(data_files),
+    )
+    params = {f"train.{k}": v for k, v in train.model_dump().items()}
+    params |= {f"model.{k}": v for k, v in model.to_dict().items()}
+    params |= {f"ray.{k}": v for k, v in ray_params.model_dump().items()} | {"seed": seed}
     key = run_key(prefix, *definition)
     # a local instance needs a spare CPU beside the workers for Ray Data's tasks
     needed = int(ray_params.num_workers * ray_params.cpus_per_worker) + 1
@@ -89,18 +131,26 @@ def final_state(result: ray.train.Result) -> dict:
         return load_state_file(directory)
 
 
+def loop_config(run: TrainingRun, train: BaseModel, model: DictConfig, seed: int,
+                ray_params: RayTrainParams, **data) -> LoopConfig:  # fmt: skip
+    return LoopConfig(
+        train, model, seed, ray_params.cpus_per_worker, run.tracking_uri, run.mlflow_run_id, data
+    )
+
+
 def fit(
-    train_loop,
-    loop_config: dict,
+    train_loop: Callable[[dict], None],
+    loop: LoopConfig,
     datasets: dict,
     ray_params: RayTrainParams,
     storage_path: str,
     name: str,
-) -> ray.train.Result:
-    """Run `train_loop(config)` on `ray_params.num_workers` workers; resume `name` if it exists."""
+) -> dict:
+    """Run `train_loop({"loop": loop})` on `ray_params.num_workers` workers, resuming `name`
+    if it exists; return the state saved with the final checkpoint."""
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop},
         torch_config=TorchConfig(backend="nccl" if ray_params.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=ray_params.num_workers,
@@ -115,7 +165,31 @@ def fit(
         ),
         datasets=datasets,
     )
-    return trainer.fit()
+    return final_state(trainer.fit())
+
+
+def finish_training(
+    run: TrainingRun,
+    model: Pretrained,
+    out_dir: Path,
+    metrics: dict,
+    curves: tuple[str, ...],
+    curves_csv: Path,
+    pyfunc: mlflow.pyfunc.PythonModel,
+    registered_model: str,
+    step: int,
+) -> dict:
+    """The wrap-up of a training stage: export the model, write metrics.json and the curves
+    (DVC metrics and plots), log both to MLflow, register the model directory."""
+    model.eval().save_pretrained(out_dir)
+    metrics = {"steps": step, "run_key": run.key, "mlflow_run_id": run.mlflow_run_id} | metrics
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_metric_curves(run.client, run.mlflow_run_id, curves, curves_csv)
+    log_final_metrics(run.client, run.mlflow_run_id, metrics, step)
+    run.client.log_artifact(run.mlflow_run_id, str(out_dir / "metrics.json"))
+    version = register_model_dir(run.mlflow_run_id, out_dir, registered_model, pyfunc)
+    log.info("%s -> %s, registered v%s: %s", registered_model, out_dir, version, metrics)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -123,6 +197,48 @@ def fit(
 
 def is_rank_zero() -> bool:
     return ray.train.get_context().get_world_rank() == 0
+
+
+@dataclass(frozen=True)
+class Worker:
+    rank: int
+    world: int
+    device: torch.device
+    logger: RankZeroLogger
+
+
+def start_worker(loop: LoopConfig) -> Worker:
+    """Threads, seed (identical initial weights on every rank), device and logger."""
+    context = ray.train.get_context()
+    torch.set_num_threads(max(1, int(loop.cpus_per_worker)))
+    torch.manual_seed(loop.seed)
+    logger = RankZeroLogger(loop.tracking_uri, loop.mlflow_run_id)
+    return Worker(
+        context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(), logger
+    )
+
+
+def resume(worker: Worker, load: Callable[[dict], None], steps: int) -> int:
+    """Restore the last checkpoint's state with `load(state)` (and the RNGs); its step or 0."""
+    state = latest_state(worker.device)
+    step = 0
+    if state:
+        load(state)
+        restore_rng_state(state["rng"])
+        step = state["step"]
+        worker.logger.text(f"resumed at step {step}\n", f"resume/step_{step:07d}.txt")
+    print(f"[rank {worker.rank}] training from step {step} to {steps}", flush=True)
+    return step
+
+
+def due(step: int, every: int, steps: int) -> bool:
+    """The cadence of logging, evaluation and checkpoints: every `every` steps and the last."""
+    return step % every == 0 or step == steps
+
+
+def checkpoint_state(step: int, loop: LoopConfig, **state) -> dict:
+    """What a checkpoint holds: the loop's own state plus step, RNGs and the MLflow run."""
+    return state | {"step": step, "rng": rng_state(), "mlflow_run_id": loop.mlflow_run_id}
 
 
 def latest_state(map_location: str | torch.device = "cpu") -> dict | None:

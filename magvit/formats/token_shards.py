@@ -1,4 +1,4 @@
-"""Token shards on disk: the Parquet schema of DESIGN.md, the manifest, and the public reader.
+"""Token shards on disk: the Parquet schema (docs/contracts.md), the manifest, the reader.
 
 A token folder holds `<split>/part-*.parquet` (TOKEN_SCHEMA) and `manifest.json`, which names
 the tokenizer that made the tokens (a fingerprint of its files), its vocabulary, the token
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from magvit.formats.files import shard_paths, write_text_atomic
 from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
 from models.tokenizer import TokenizerConfig
 
@@ -72,8 +72,8 @@ def check_factorisation(config: TokenizerConfig, num_factors: int) -> None:
 
 
 def token_shard_paths(tokens_dir: str | Path, split: str | None = None) -> list[Path]:
-    pattern = f"{split}/part-*.parquet" if split else "*/part-*.parquet"
-    return sorted(p for p in Path(tokens_dir).glob(pattern) if p.parent.name != "rejects")
+    """Token shards of one split or of all (bulk runs keep rejects in `rejects/`: not tokens)."""
+    return [p for p in shard_paths(tokens_dir, split) if p.parent.name != "rejects"]
 
 
 @dataclass(frozen=True)
@@ -142,16 +142,13 @@ def completed_manifest(manifest: TokenManifest, tokens_dir: str | Path) -> Token
     )
 
 
-def write_manifest(manifest: TokenManifest, tokens_dir: str | Path) -> Path:
+def write_token_manifest(manifest: TokenManifest, tokens_dir: str | Path) -> Path:
     path = Path(tokens_dir) / MANIFEST_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(asdict(manifest), indent=2) + "\n", path)
     return path
 
 
-def read_manifest(tokens_dir: str | Path) -> TokenManifest:
+def read_token_manifest(tokens_dir: str | Path) -> TokenManifest:
     path = Path(tokens_dir) / MANIFEST_FILE
     if not path.is_file():
         raise TokenShardError(f"{path} does not exist: not a token folder (or not finished)")
@@ -173,7 +170,7 @@ def load_token_shards(tokens_dir: str | Path, split: str | None = None) -> pa.Ta
     Raises TokenShardError when the folder is incomplete, a shard's schema is not
     TOKEN_SCHEMA, or the row counts disagree with the manifest.
     """
-    manifest = read_manifest(tokens_dir)
+    manifest = read_token_manifest(tokens_dir)
     if not manifest.complete:
         raise TokenShardError(
             f"{tokens_dir} is incomplete (an interrupted job): run it again to finish"

@@ -14,12 +14,22 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from torch import nn
 
+from magvit.evaluation.reconstruction import reconstruct_clips
+from magvit.params import TrainTokenizerParams
+from magvit.training.clip_batches import batch_frames, to_model_input, video_grid
+from magvit.training.ray_harness import (
+    LoopConfig,
+    checkpoint_state,
+    due,
+    endless_batches,
+    report_step,
+    resume,
+    start_worker,
+)
 from models.discriminator import Discriminator3d, DiscriminatorConfig
 from models.ema import EMA
 from models.lfq import entropy_weight_at
@@ -31,18 +41,7 @@ from models.losses import (
     reconstruction_loss,
 )
 from models.lr_schedule import warmup_cosine_lr
-from models.recon_metrics import codebook_usage, psnr, ssim
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
-from stages.clip_batches import batch_frames, to_model_input, to_uint8_video, video_grid
-from stages.params import TrainTokenizerParams
-from stages.ray_training import (
-    RankZeroLogger,
-    endless_batches,
-    latest_state,
-    report_step,
-    restore_rng_state,
-    rng_state,
-)
 
 
 @dataclass
@@ -54,28 +53,23 @@ class Models:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
 
-    def state(self, step: int, mlflow_run_id: str) -> dict:
+    def state(self) -> dict:
         return {
-            "step": step,
             "generator": self.generator.state_dict(),
             "ema": self.ema.shadow.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "lecam": self.lecam.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": rng_state(),
-            "mlflow_run_id": mlflow_run_id,
         }
 
-    def load(self, state: dict) -> int:
+    def load(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
         self.ema.shadow.load_state_dict(state["ema"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.lecam.load_state_dict(state["lecam"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        restore_rng_state(state["rng"])
-        return state["step"]
 
 
 def build_models(model_config: TokenizerConfig, p: TrainTokenizerParams, device) -> Models:
@@ -99,63 +93,34 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, clips: np.ndarray, device, batch_size: int = 4) -> dict:
-    """PSNR / SSIM of reconstructions and codebook usage on uint8 clips [N, T, H, W, 3];
-    also the reconstructions ("recon", uint8) and token grids ("tokens", [N, t, h, w])."""
-    model.eval()
-    recons, tokens = [], []
-    for start in range(0, len(clips), batch_size):
-        x = to_model_input(clips[start : start + batch_size], device)
-        quantized = model.encode_to_codes(x)
-        recons.append(to_uint8_video(model.decode_codes(quantized.codes)))
-        tokens.append(quantized.indices.cpu())
-    recon, tokens = np.concatenate(recons), torch.cat(tokens)
-    usage, perplexity = codebook_usage(tokens, model.codebook_size)
-    return {
-        "psnr": psnr(clips, recon),
-        "ssim": ssim(clips, recon),
-        "codebook_utilisation": usage,
-        "perplexity": perplexity,
-        "recon": recon,
-        "tokens": tokens.numpy(),
-    }
-
-
 def train_loop(config: dict) -> None:
-    """Ray Train entry point; `config` is built by stages.train_tokenizer."""
-    p = TrainTokenizerParams(**config["train"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    torch.manual_seed(config["seed"])  # identical initial weights on every rank
-    device = ray.train.torch.get_device()
+    """Ray Train entry point; `config["loop"]` is the LoopConfig of stages.train_tokenizer
+    (data: `val_clips` uint8 [N, T, H, W, 3], `has_images`)."""
+    loop: LoopConfig = config["loop"]
+    p: TrainTokenizerParams = loop.train
+    worker = start_worker(loop)
+    rank, world, device, logger = worker.rank, worker.world, worker.device, worker.logger
 
-    models = build_models(TokenizerConfig.from_dict(config["model"]), p, device)
+    models = build_models(loop.model, p, device)
     perceptual = build_perceptual_loss(p.perceptual_weights)
     if perceptual is not None:
         perceptual = perceptual.to(device)
-    state = latest_state(device)
-    step = models.load(state) if state else 0
+    step = resume(worker, models.load, p.steps)
     generator = ray.train.torch.prepare_model(models.generator)
     discriminator = ray.train.torch.prepare_model(models.discriminator)
-    logger = RankZeroLogger(config["tracking_uri"], config["mlflow_run_id"])
-    if state:
-        logger.text(f"resumed at step {step}\n", f"resume/step_{step:07d}.txt")
-    print(f"[rank {rank}] training from step {step} to {p.steps}", flush=True)
 
-    seed = config["seed"] + 1000 * rank
+    seed = loop.seed + 1000 * rank
     videos = map(
         batch_frames, endless_batches(ray.train.get_dataset_shard("videos"), p.batch_size, seed)
     )
     images = None
-    if config["has_images"] and p.image_every:
+    if loop.data["has_images"] and p.image_every:
         shard = ray.train.get_dataset_shard("images")
         images = map(
             batch_frames, endless_batches(shard, p.image_batch_size, seed, drop_last=False)
         )
     bf16 = use_bf16(p.bf16, device)
-    val_clips = config["val_clips"]
+    val_clips = loop.data["val_clips"]
 
     if step == 0 and rank == 0:
         logger.metrics(_eval_metrics(models.ema.shadow, val_clips, device, logger, 0), 0)
@@ -219,23 +184,23 @@ def train_loop(config: dict) -> None:
 
         step += 1
         window.add(losses, loss_g, grad_norm, clips=len(x) * world)
-        if step % p.log_every == 0 or step == p.steps:
+        if due(step, p.log_every, p.steps):
             extra = {"lr": lr, "entropy_weight": entropy_weight, "per_token_entropy":
                      float(quantized.losses["per_token_entropy"]),
                      "codebook_entropy": float(quantized.losses["codebook_entropy"])}  # fmt: skip
             logger.metrics({**window.summary(), **extra}, step)
             window = _Window()
-        if rank == 0 and (step % p.eval_every == 0 or step == p.steps):
-            log_images = step % p.image_log_every == 0 or step == p.steps
+        if rank == 0 and due(step, p.eval_every, p.steps):
+            log_images = due(step, p.image_log_every, p.steps)
             metrics = _eval_metrics(models.ema.shadow, val_clips, device, logger, step, log_images)
             logger.metrics(metrics, step)
-        if step % p.checkpoint_every == 0 or step == p.steps:
-            state = models.state(step, config["mlflow_run_id"]) if rank == 0 else None
+        if due(step, p.checkpoint_every, p.steps):
+            state = checkpoint_state(step, loop, **models.state()) if rank == 0 else None
             report_step({"step": step, "loss_g": float(loss_g)}, state)
 
 
 def _eval_metrics(model, clips, device, logger, step: int, log_images: bool = True) -> dict:
-    result = evaluate(model, clips, device)
+    result = reconstruct_clips(model, clips, device)
     if log_images:
         grid = video_grid(clips, result["recon"])
         logger.image(grid, "reconstructions", step)

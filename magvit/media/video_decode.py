@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stages.manifest import IMAGE_EXTENSIONS
+from magvit.formats.corpus_manifest import IMAGE_EXTENSIONS
 
 
 class RejectedInput(Exception):

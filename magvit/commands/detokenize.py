@@ -18,17 +18,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.tokenizer import MagvitTokenizer
-from stages.logs import configure_logging
-from stages.mlflow_models import model_dir_from_uri
-from stages.synthetic import write_mp4
-from stages.token_shards import (
+from magvit.cli import run_stage
+from magvit.formats.token_shards import (
     TokenShardError,
     load_token_shards,
-    read_manifest,
+    read_token_manifest,
     tokenizer_fingerprint,
 )
-from stages.tokenize import tokenizer_config
+from magvit.logs import configure_logging
+from magvit.media.video_encode import write_mp4
+from magvit.runtime.mlflow_models import model_dir_from_uri
+from magvit.tokenization.actor_pool import tokenizer_config
+from models.tokenizer import MagvitTokenizer
 
 log = logging.getLogger("detokenize")
 
@@ -60,7 +61,7 @@ def detokenize(
     """Decode the clips of `tokens_dir` (the first `limit`) into files under `output`."""
     model_dir = model_dir_from_uri(tokenizer)
     tokenizer_config(model_dir)  # a clear error for a wrong path
-    made_by, given = read_manifest(tokens_dir).fingerprint, tokenizer_fingerprint(model_dir)
+    made_by, given = read_token_manifest(tokens_dir).fingerprint, tokenizer_fingerprint(model_dir)
     if made_by != given:
         raise TokenShardError(
             f"{tokens_dir} was made by tokenizer {made_by}, but --tokenizer has fingerprint "
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

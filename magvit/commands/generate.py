@@ -11,20 +11,16 @@ import argparse
 import logging
 from pathlib import Path
 
+from magvit.cli import run_stage
+from magvit.logs import configure_logging
+from magvit.media.clip_decoding import clip_spec
+from magvit.media.video_decode import decode_file
+from magvit.media.video_encode import write_video
+from magvit.params import load_params
+from magvit.runtime.mlflow_models import model_dir_from_uri
+from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer
-from stages.decode import clip_spec
-from stages.generation import (
-    class_samples,
-    predict_frames,
-    sampler_config,
-    tile_clips,
-    write_video,
-)
-from stages.logs import configure_logging
-from stages.mlflow_models import model_dir_from_uri
-from stages.params import load_params
-from stages.video_decode import decode_file
 
 log = logging.getLogger("generate")
 
@@ -80,4 +76,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

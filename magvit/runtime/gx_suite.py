@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from magvit.errors import UserInputError
+
 log = logging.getLogger("gx_suite")
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(UserInputError, RuntimeError):
     """At least one expectation failed; the message lists them."""
 
 
@@ -45,13 +47,19 @@ def _describe_failure(result) -> str:
 
 
 def run_suite(
-    frame: pd.DataFrame, name: str, expectations: list, out_dir: Path, raise_on_failure: bool = True
+    frame: pd.DataFrame,
+    name: str,
+    expectations: list,
+    results_path: Path,
+    docs_dir: Path,
+    raise_on_failure: bool = True,
 ) -> SuiteResult:
-    """Validate `frame` against `expectations` (GX 1.x expectation objects)."""
+    """Validate `frame` against `expectations` (GX 1.x expectation objects); write the
+    results JSON to `results_path` and the Data Docs site to `docs_dir` (replaced)."""
     import great_expectations as gx
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs_dir = (out_dir / f"{name}_docs").resolve()
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    docs_dir = docs_dir.resolve()
     shutil.rmtree(docs_dir, ignore_errors=True)
 
     context = gx.get_context(mode="ephemeral")
@@ -89,7 +97,6 @@ def run_suite(
     (validation,) = outcome.run_results.values()
     failures = [_describe_failure(r) for r in validation.results if not r.success]
 
-    results_path = out_dir / f"{name}.json"
     results_path.write_text(json.dumps(validation.to_json_dict(), indent=2, default=str) + "\n")
     stats = validation.statistics
     log.info(

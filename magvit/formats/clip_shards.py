@@ -1,15 +1,15 @@
-"""Clip shards on disk: the Parquet schema of DESIGN.md, atomic writes, and readers."""
+"""Clip shards on disk: the Parquet schema of docs/contracts.md, atomic writes, and readers."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from magvit.formats.files import shard_paths
 
 CLIP_SCHEMA = pa.schema(
     [
@@ -37,29 +37,10 @@ REJECT_SCHEMA = pa.schema(
 )
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write Parquet (zstd) to a temporary name in the same folder, then rename into place.
-
-    A reader never sees a partial shard: either the old state or the complete file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def clip_frames(row: dict) -> np.ndarray:
     """The uint8 frames [T, H, W, 3] of one clip row."""
     shape = (row["num_frames"], row["height"], row["width"], 3)
     return np.frombuffer(row["frames"], dtype=np.uint8).reshape(shape)
-
-
-def shard_paths(clips_dir: Path, split: str | None = None) -> list[Path]:
-    pattern = f"{split}/part-*.parquet" if split else "*/part-*.parquet"
-    return sorted(Path(clips_dir).glob(pattern))
 
 
 def iter_clip_rows(clips_dir: Path, split: str | None = None) -> Iterator[dict]:
@@ -95,3 +76,25 @@ def held_out_sets(clips_dir: Path, split: str) -> dict[str, np.ndarray]:
         if rows:
             sets[name] = np.stack([clip_frames(r) for r in rows])
     return sets
+
+
+def evenly_spaced(total: int, count: int | None) -> np.ndarray:
+    """Indices of at most `count` items spread evenly over `total` (all when count is None).
+
+    Clips of one video are adjacent in the shards, so this spreads a pick over videos."""
+    if count is None or count >= total:
+        return np.arange(total)
+    return np.unique(np.linspace(0, total - 1, count).round().astype(int))
+
+
+def labelled_clips(
+    clips_dir: Path, splits: tuple[str, ...], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 clips [N, T, H, W, 3] and labels [N] of the labelled videos of `splits`,
+    at most `limit` of them, evenly spaced."""
+    rows = [r for split in splits for r in load_clips(clips_dir, split, CLIP_KINDS["synthetic"])]
+    if not rows:
+        raise ValueError(f"no labelled video clips in {'/'.join(splits)} under {clips_dir}")
+    picks = evenly_spaced(len(rows), limit)
+    clips = np.stack([clip_frames(rows[i]) for i in picks])
+    return clips, np.array([rows[i]["label"] for i in picks])

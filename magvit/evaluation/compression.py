@@ -18,8 +18,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from magvit.media.fixed_heap_fill import fixed_heap_fill
 from models.recon_metrics import ms_ssim, psnr
-from stages.fixed_heap_fill import fixed_heap_fill
 
 # --- token stream ---------------------------------------------------------------------------
 

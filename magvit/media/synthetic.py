@@ -9,12 +9,8 @@ encoder builds; the decoded content does not).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import av
 import numpy as np
-
-from stages.fixed_heap_fill import fixed_heap_fill
 
 SHAPES = ("square", "circle", "triangle", "cross")
 MOTIONS = ("horizontal", "orbit")
@@ -83,23 +79,3 @@ def render_shape_video(spec: ShapeVideoSpec) -> np.ndarray:
         frame = np.where(mask[..., None], colour, background)
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
-
-
-def write_mp4(frames: np.ndarray, path: Path, fps: float, faststart: bool = False) -> None:
-    """Encode uint8 frames [T, H, W, 3] as an H.264 MP4 with PyAV (H and W must be even).
-
-    `faststart` puts the index (moov atom) before the media data, as streaming files do.
-    The same frames give the same bytes (`fixed_heap_fill`).
-    """
-    from fractions import Fraction
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "+faststart"} if faststart else {}
-    with fixed_heap_fill(), av.open(str(path), mode="w", options=options) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())

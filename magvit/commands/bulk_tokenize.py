@@ -21,25 +21,28 @@ from pathlib import Path
 import pyarrow as pa
 import ray.data
 
-from stages.clip_shards import CLIP_SCHEMA
-from stages.decode import clip_spec, clips_from_entry
-from stages.logs import configure_logging
-from stages.manifest import ManifestEntry, find_media, video_id_for
-from stages.mlflow_models import model_dir_from_uri
-from stages.params import Params, check_clip_shape, load_params, parse_params
-from stages.ray_runtime import init_ray
-from stages.token_shards import (
+from magvit.cli import run_stage
+from magvit.formats.clip_shards import CLIP_SCHEMA
+from magvit.formats.corpus_manifest import ManifestEntry, find_media, video_id_for
+from magvit.formats.files import SHARD_GLOB, shard_paths
+from magvit.formats.token_shards import (
     MANIFEST_FILE,
     TokenManifest,
     TokenShardError,
     completed_manifest,
     new_manifest,
-    read_manifest,
+    read_token_manifest,
     token_shard_paths,
     tokenizer_fingerprint,
-    write_manifest,
+    write_token_manifest,
 )
-from stages.tokenize import (
+from magvit.logs import configure_logging
+from magvit.media.clip_decoding import clip_spec, clips_from_entry
+from magvit.media.video_decode import ClipSpec
+from magvit.params import Params, check_clip_shape, load_params, parse_params
+from magvit.runtime.mlflow_models import model_dir_from_uri
+from magvit.runtime.ray_cluster import init_ray
+from magvit.tokenization.actor_pool import (
     CLIP_COLUMNS,
     RESULT_SCHEMA,
     Chunk,
@@ -52,7 +55,6 @@ from stages.tokenize import (
     tokenizer_config,
     write_chunks,
 )
-from stages.video_decode import ClipSpec
 
 log = logging.getLogger("bulk_tokenize")
 
@@ -71,7 +73,7 @@ def find_inputs(source: str) -> tuple[str, list[Path], Path]:
     """("clips", shards, root) for a folder of clip shards, else ("media", files, root)."""
     folder = Path(source)
     if folder.is_dir():
-        shards = sorted(folder.glob("*/part-*.parquet")) or sorted(folder.glob("part-*.parquet"))
+        shards = shard_paths(folder) or sorted(folder.glob(SHARD_GLOB))
         if shards:
             return "clips", shards, folder
     try:
@@ -120,7 +122,7 @@ def media_dataset(chunks: list[Chunk], root: Path, spec: ClipSpec) -> ray.data.D
 def prepare_output(output: Path, manifest: TokenManifest) -> None:
     """Refuse an OUTPUT made by another tokenizer or chunking; clear partial files; (re)start."""
     if (output / MANIFEST_FILE).exists():
-        previous = read_manifest(output)
+        previous = read_token_manifest(output)
         if previous.fingerprint != manifest.fingerprint:
             raise BulkTokenizeError(
                 f"{output} holds tokens from tokenizer {previous.fingerprint}, but --tokenizer "
@@ -140,7 +142,7 @@ def prepare_output(output: Path, manifest: TokenManifest) -> None:
         )
     for partial in output.rglob(".*.tmp"):  # left by a killed writer
         partial.unlink()
-    write_manifest(manifest, output)
+    write_token_manifest(manifest, output)
 
 
 def run_bulk(
@@ -185,7 +187,7 @@ def run_bulk(
         counts = write_chunks(results, pending, output)
     remaining = sum(not chunk.shard(output).exists() for chunk in chunks)
     if not remaining:
-        write_manifest(completed_manifest(manifest, output), output)
+        write_token_manifest(completed_manifest(manifest, output), output)
     log.info("this run: %s; chunks left: %d", counts, remaining)
     return {**counts, "remaining": remaining}
 
@@ -238,4 +240,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

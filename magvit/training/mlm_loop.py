@@ -16,6 +16,16 @@ import ray.train
 import ray.train.torch
 import torch
 
+from magvit.params import TrainMLMParams
+from magvit.training.ray_harness import (
+    LoopConfig,
+    checkpoint_state,
+    due,
+    endless_batches,
+    report_step,
+    resume,
+    start_worker,
+)
 from models.lr_schedule import warmup_cosine_lr
 from models.mlm import (
     MaskedTokenTransformer,
@@ -24,15 +34,6 @@ from models.mlm import (
     mask_tokens,
     masked_token_accuracy,
     masked_token_loss,
-)
-from stages.params import TrainMLMParams
-from stages.ray_training import (
-    RankZeroLogger,
-    endless_batches,
-    latest_state,
-    report_step,
-    restore_rng_state,
-    rng_state,
 )
 
 
@@ -69,7 +70,7 @@ def mixed_task_batch(
 
 
 @torch.no_grad()
-def evaluate(
+def masked_token_metrics(
     model: MaskedTokenTransformer,
     tokens: torch.Tensor,
     labels: torch.Tensor,
@@ -91,41 +92,35 @@ def evaluate(
 
 
 def train_loop(config: dict) -> None:
-    """Ray Train entry point; `config` is built by stages.train_mlm."""
-    p = TrainMLMParams(**config["train"])
-    model_config = MLMConfig.from_dict(config["model"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    torch.manual_seed(config["seed"])
-    device = ray.train.torch.get_device()
+    """Ray Train entry point; `config["loop"]` is the LoopConfig of stages.train_mlm
+    (data: `val`, the validation token grids and labels as numpy arrays)."""
+    loop: LoopConfig = config["loop"]
+    p: TrainMLMParams = loop.train
+    model_config: MLMConfig = loop.model
+    worker = start_worker(loop)
+    rank, world, device, logger = worker.rank, worker.world, worker.device, worker.logger
 
     model = MaskedTokenTransformer(model_config).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=p.lr, betas=p.betas, weight_decay=p.weight_decay
     )
-    state = latest_state(device)
-    step = 0
-    if state:
+
+    def load(state: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        step = state["step"]
+
+    step = resume(worker, load, p.steps)
     network = ray.train.torch.prepare_model(model)
-    logger = RankZeroLogger(config["tracking_uri"], config["mlflow_run_id"])
-    if state:
-        logger.text(f"resumed at step {step}\n", f"resume/step_{step:07d}.txt")
-    print(f"[rank {rank}] training from step {step} to {p.steps}", flush=True)
 
     no_label = model.no_label_id
     condition_tokens = p.condition_frames * model_config.grid[1] * model_config.grid[2]
-    generator = torch.Generator().manual_seed(config["seed"] + 1000 * rank + step)
+    generator = torch.Generator().manual_seed(loop.seed + 1000 * rank + step)
     shard = ray.train.get_dataset_shard("tokens")
     batches = (
         to_token_tensors(batch["tokens"], batch["label"], no_label)
-        for batch in endless_batches(shard, p.batch_size, config["seed"] + rank)
+        for batch in endless_batches(shard, p.batch_size, loop.seed + rank)
     )
-    val_tokens, val_labels = (torch.as_tensor(v).to(device) for v in config["val"])
+    val_tokens, val_labels = (torch.as_tensor(v).to(device) for v in loop.data["val"])
     started, window = time.perf_counter(), []
     while step < p.steps:
         tokens, labels = next(batches)
@@ -147,7 +142,7 @@ def train_loop(config: dict) -> None:
         step += 1
         window.append((float(loss), float(masked_token_accuracy(logits, tokens, mask))))
 
-        if step % p.log_every == 0 or step == p.steps:
+        if due(step, p.log_every, p.steps):
             seconds = time.perf_counter() - started
             losses, accuracies = zip(*window, strict=True)
             logger.metrics(
@@ -160,14 +155,12 @@ def train_loop(config: dict) -> None:
                 step,
             )
             started, window = time.perf_counter(), []
-        if rank == 0 and (step % p.eval_every == 0 or step == p.steps):
-            logger.metrics(evaluate(model, val_tokens, val_labels, condition_tokens, 0), step)
-        if step % p.checkpoint_every == 0 or step == p.steps:
-            saved = {
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "mlflow_run_id": config["mlflow_run_id"],
-            }
+        if rank == 0 and due(step, p.eval_every, p.steps):
+            logger.metrics(
+                masked_token_metrics(model, val_tokens, val_labels, condition_tokens, 0), step
+            )
+        if due(step, p.checkpoint_every, p.steps):
+            saved = checkpoint_state(
+                step, loop, model=model.state_dict(), optimizer=optimizer.state_dict()
+            )
             report_step({"step": step, "loss": float(loss)}, saved if rank == 0 else None)
