@@ -115,7 +115,6 @@ def build_embedded_corpus(params: CorpusParams, seed: int, out: Path) -> list[Ma
     entries = build_real_videos(params, out)
     entries += build_synthetic_videos(params, seed, out)
     entries += build_images(params, out)
-    (out / "classes.json").write_text(json.dumps(list(CLASS_NAMES), indent=2) + "\n")
     return entries
 
 
@@ -143,6 +142,9 @@ def run(params_path: str, out: Path) -> list[ManifestEntry]:
     else:
         entries = collect_user_corpus(source, out)
     write_corpus_manifest(entries, out / "manifest.csv")
+    # class names by label; a user corpus has none (train_mlm then says class0, class1, ...)
+    names = list(CLASS_NAMES) if source == "embedded" else []
+    (out / "classes.json").write_text(json.dumps(names, indent=2) + "\n")
     counts = {split: sum(e.split == split for e in entries) for split in ("train", "val", "test")}
     log.info("corpus: %d files from %s -> %s/manifest.csv %s", len(entries), source, out, counts)
     return entries
