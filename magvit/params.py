@@ -145,6 +145,10 @@ class TrainTokenizerParams(_Strict):
     batch_size: PositiveInt = 2  # video clips per worker per step
     image_batch_size: PositiveInt = 2  # images (T = 1) per worker on image steps
     image_every: NonNegativeInt = 4  # every Nth step is an image step; 0 = videos only
+    # image steps also draw single frames of the training videos (as T = 1 clips), not only
+    # the few stills: many more distinct images for the spatial code that all frames share
+    frames_as_images: bool = True
+    augment: bool = True  # random horizontal flips and colour-channel orders of train clips
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     warmup_steps: NonNegativeInt = 30
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1

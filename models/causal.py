@@ -169,10 +169,12 @@ class DepthToSpaceUpsample(nn.Module):
 
 
 def causal_resize(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """Nearest resize of [B, C, 1 + t, h, w] to (1 + s*t, H, W) that keeps causality.
+    """Resize [B, C, 1 + t, h, w] to (1 + s*t, H, W), keeping causality.
 
-    Output frame f takes input frame ceil(f / s): the same frame mapping as
+    Time: output frame f takes input frame ceil(f / s), the same frame mapping as
     DepthToSpaceUpsample, so a decoder feature and its conditioning stay aligned in time.
+    Space: bilinear, so a map at latent resolution varies smoothly over the pixels of a
+    token instead of stamping the token grid as blocks on every decoder level.
     """
     t_in, t_out = x.shape[2], size[0]
     if t_in == 1:
@@ -184,4 +186,8 @@ def causal_resize(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     frame = torch.div(
         torch.arange(t_out, device=x.device) + factor - 1, factor, rounding_mode="floor"
     )
-    return F.interpolate(x[:, :, frame], size=tuple(size), mode="nearest")
+    x = x[:, :, frame]  # [B, C, 1 + s*t, h, w]
+    if x.shape[-2:] == tuple(size[1:]):
+        return x
+    # trilinear at the output's own frame count: exact in time, bilinear in space
+    return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce
 
 _EPS = 1e-10  # floor for log(p) of averaged probabilities (softmax underflows at temperature 0.01)
 
@@ -76,10 +78,15 @@ def binary_entropy_from_logits(logits: Tensor) -> Tensor:
     return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
 
 
-def lfq_entropy(z: Tensor, temperature: float, group_size: int) -> tuple[Tensor, Tensor]:
+def lfq_entropy(
+    z: Tensor, temperature: float, group_size: int, across_workers: bool = False
+) -> tuple[Tensor, Tensor]:
     """(mean per-token entropy, sub-group codebook entropy) of the soft assignment, float32.
 
-    z: [N, bits] unquantised latents. See the module docstring for the derivation.
+    z: [N, bits] unquantised latents. See the module docstring for the derivation. With
+    `across_workers` (data-parallel training) the codebook marginals are averaged over every
+    worker's tokens, so the code usage it rewards is that of the global batch, not of the
+    few clips on one worker.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.float()
@@ -92,6 +99,8 @@ def lfq_entropy(z: Tensor, temperature: float, group_size: int) -> tuple[Tensor,
             # the group's 2^g-way marginal; the shared ||z||^2 + g term cancels in the softmax
             probs = (2 * z_group @ codes.t() / temperature).softmax(-1)  # [N, 2^g]
             avg_probs = probs.mean(0)  # [2^g]
+            if across_workers:
+                avg_probs = all_reduce(avg_probs) / dist.get_world_size()
             codebook = codebook - (avg_probs * avg_probs.clamp_min(_EPS).log()).sum()
     return per_token, codebook
 
@@ -173,7 +182,11 @@ class LFQ(nn.Module):
 
         cfg = self.config
         z_tokens = rearrange(z, "b c t h w -> (b t h w) c")
-        per_token, codebook = lfq_entropy(z_tokens, cfg.temperature, cfg.entropy_group_size)
+        # collective only in training, where every worker runs this forward in step
+        across = self.training and dist.is_initialized() and dist.get_world_size() > 1
+        per_token, codebook = lfq_entropy(
+            z_tokens, cfg.temperature, cfg.entropy_group_size, across_workers=across
+        )
         commitment = F.mse_loss(z.float(), quantized.float()) * cfg.commitment_weight
         losses = {
             "commitment": commitment,

@@ -75,7 +75,7 @@ class MLMConfig(DictConfig):
     def preset(cls, name: Literal["cpu", "paper"], **overrides) -> "MLMConfig":
         """Named configuration; `overrides` replace fields of it, e.g. num_classes=101.
 
-        "cpu": 3x8x8 tokens of 10 bits (2 x 2^5), ~0.85M parameters, trains on 2 CPU cores.
+        "cpu": 3x8x8 tokens of 18 bits (2 x 2^9), trains on 2 CPU cores.
         "paper": 5x16x16 tokens of 18 bits (2 x 2^9), MAGVIT's 24 x 1024 transformer (~305M).
         """
         if name == "cpu":

@@ -1,6 +1,6 @@
 """MAGVIT-v2 causal 3D CNN video tokenizer (paper section 3.2).
 
-Encoder: causal conv, then per level `num_res_blocks` residual blocks and (except at the last
+Encoder: causal conv, then per level `num_res_blocks[level]` residual blocks and (except at the last
 level) a strided-conv downsampler that halves H and W and, at the late levels flagged in
 `temporal_downsample`, also halves time (1 + 2t -> 1 + t frames). Decoder: the mirror image,
 with depth-to-space upsamplers and one adaptive GroupNorm, conditioned on the quantised
@@ -38,14 +38,19 @@ class TokenizerConfig(DictConfig):
 
     channels: int = 16  # width of the first level
     channel_multipliers: tuple[int, ...] = (1, 1, 2, 8)  # one per level (resolution)
-    num_res_blocks: int = 1  # per level, in the encoder and in the decoder
+    # residual blocks per level, in the encoder and in the decoder; the cpu preset has none at
+    # full resolution, where a block costs as much as all coarser levels together
+    num_res_blocks: tuple[int, ...] = (0, 1, 1, 1)
     # one flag per downsampling stage (levels - 1): does it also halve time? Late = last ones.
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     temporal_kernel: int = 3  # 1 gives a per-frame (2D image) tokenizer, see models.inflation
+    # the first `spatial_levels` levels (the highest resolutions) use 1x3x3 kernels: time is
+    # mixed at the coarser levels, where a 3x3x3 kernel costs a fraction (cpu profile)
+    spatial_levels: int = 1
     norm_groups: int = 8
     pad_mode: PadMode = "replicate"  # causal temporal padding: copies of frame 0, or zeros
     quantizer: Literal["lfq", "vq"] = "lfq"
-    bits: int = 10  # LFQ: vocabulary K = 2**bits, latent channels = bits
+    bits: int = 18  # LFQ: vocabulary K = 2**bits (the paper's 2^18), latent channels = bits
     entropy_group_size: int = 9  # LFQ codebook-entropy sub-group size
     lfq_temperature: float = 0.01
     commitment_weight: float = 0.25
@@ -57,6 +62,11 @@ class TokenizerConfig(DictConfig):
 
     def __post_init__(self) -> None:
         levels = len(self.channel_multipliers)
+        if len(self.num_res_blocks) != levels or min(self.num_res_blocks) < 0:
+            raise ValueError(
+                f"num_res_blocks needs one count >= 0 per level ({levels}), "
+                f"got {self.num_res_blocks}"
+            )
         if levels < 1 or len(self.temporal_downsample) != levels - 1:
             raise ValueError(
                 f"temporal_downsample needs one flag per downsampling stage ({levels - 1} for "
@@ -69,6 +79,18 @@ class TokenizerConfig(DictConfig):
             raise ValueError(f"norm_groups={self.norm_groups} must divide every width {widths}")
         if self.temporal_kernel < 1 or (self.temporal_factor > 1 and self.temporal_kernel < 2):
             raise ValueError("temporal downsampling needs temporal_kernel >= 2")
+        if not 0 <= self.spatial_levels < levels or any(
+            self.temporal_downsample[: self.spatial_levels]
+        ):
+            raise ValueError(
+                f"spatial_levels={self.spatial_levels} must be in [0, {levels}) and below the "
+                f"first temporal downsampling stage (temporal_downsample="
+                f"{self.temporal_downsample})"
+            )
+
+    def level_temporal_kernel(self, level: int) -> int:
+        """Temporal kernel size of the convolutions at one level (0 = full resolution)."""
+        return 1 if level < self.spatial_levels else self.temporal_kernel
 
     @property
     def spatial_factor(self) -> int:
@@ -100,7 +122,9 @@ class TokenizerConfig(DictConfig):
     def preset(cls, name: Literal["cpu", "paper"]) -> "TokenizerConfig":
         """Named configurations.
 
-        cpu: 9x64x64 -> 3x8x8 tokens, K = 2^10, small enough to train on 2 CPU cores.
+        cpu: 9x64x64 -> 3x8x8 tokens, K = 2^18, small enough to train on 2 CPU cores: no
+        residual blocks and per-frame kernels at full resolution (where a block costs as much
+        as all coarser levels together), 3x3x3 kernels below.
         paper: 17x128x128 -> 5x16x16 tokens, K = 2^18, paper-sized widths and depth.
         """
         if name == "cpu":
@@ -109,7 +133,8 @@ class TokenizerConfig(DictConfig):
             return cls(
                 channels=128,
                 channel_multipliers=(1, 2, 2, 4),
-                num_res_blocks=4,
+                num_res_blocks=(4, 4, 4, 4),
+                spatial_levels=0,
                 norm_groups=32,
                 bits=18,
                 num_frames=17,
@@ -123,13 +148,15 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        kt, pad, groups = cfg.temporal_kernel, cfg.pad_mode, cfg.norm_groups
+        pad, groups = cfg.pad_mode, cfg.norm_groups
         widths = [cfg.channels * m for m in cfg.channel_multipliers]
+        kt = cfg.level_temporal_kernel(0)
         self.conv_in = CausalConv3d(3, widths[0], (kt, 3, 3), pad_mode=pad)
         blocks: list[nn.Module] = []
         ch = widths[0]
         for level, width in enumerate(widths):
-            for _ in range(cfg.num_res_blocks):
+            kt = cfg.level_temporal_kernel(level)
+            for _ in range(cfg.num_res_blocks[level]):
                 blocks.append(ResBlock3d(ch, width, groups, kt, pad))
                 ch = width
             if level < len(widths) - 1:
@@ -174,13 +201,19 @@ class DecoderLevel(nn.Module):
     """One resolution of the decoder: adaptive norm, residual blocks, optional upsampler."""
 
     def __init__(
-        self, width: int, cfg: TokenizerConfig, up_channels: int | None, time_factor: int = 1
+        self,
+        width: int,
+        cfg: TokenizerConfig,
+        *,
+        level: int,
+        up_channels: int | None,
+        time_factor: int = 1,
     ):
         super().__init__()
-        kt, pad, groups = cfg.temporal_kernel, cfg.pad_mode, cfg.norm_groups
+        kt, pad, groups = cfg.level_temporal_kernel(level), cfg.pad_mode, cfg.norm_groups
         self.adanorm = AdaptiveGroupNorm(width, cfg.latent_channels, groups, kt, pad)
         self.blocks = nn.Sequential(
-            *[ResBlock3d(width, width, groups, kt, pad) for _ in range(cfg.num_res_blocks)]
+            *[ResBlock3d(width, width, groups, kt, pad) for _ in range(cfg.num_res_blocks[level])]
         )
         self.upsample = (
             DepthToSpaceUpsample(width, up_channels, 2, time_factor)
@@ -197,18 +230,25 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        kt, pad = cfg.temporal_kernel, cfg.pad_mode
+        pad = cfg.pad_mode
         widths = [cfg.channels * m for m in cfg.channel_multipliers]
+        kt = cfg.level_temporal_kernel(len(widths) - 1)
         self.conv_in = CausalConv3d(cfg.latent_channels, widths[-1], (kt, 3, 3), pad_mode=pad)
         levels = []
         for level in reversed(range(len(widths))):
             if level == 0:
-                levels.append(DecoderLevel(widths[0], cfg, up_channels=None))
+                levels.append(DecoderLevel(widths[0], cfg, level=0, up_channels=None))
             else:  # the upsampler mirrors the encoder's downsampler into this level
                 time_factor = 2 if cfg.temporal_downsample[level - 1] else 1
-                levels.append(DecoderLevel(widths[level], cfg, widths[level - 1], time_factor))
+                levels.append(
+                    DecoderLevel(
+                        widths[level], cfg, level=level, up_channels=widths[level - 1],
+                        time_factor=time_factor,
+                    )
+                )  # fmt: skip
         self.levels = nn.ModuleList(levels)
         self.norm_out = FrameGroupNorm(cfg.norm_groups, widths[0])
+        kt = cfg.level_temporal_kernel(0)
         self.conv_out = CausalConv3d(widths[0], 3, (kt, 3, 3), pad_mode=pad)
 
     def forward(self, codes: Tensor) -> Tensor:

@@ -2,16 +2,19 @@
 
 - Reconstruction of held-out test clips, synthetic and real footage apart: PSNR, SSIM,
   MS-SSIM, codebook utilisation and perplexity, rFVD on domain features; LPIPS, rFVD (I3D) and
-  rFID (InceptionV3) when their weights are given.
+  rFID (InceptionV3) when their weights are given. For scale: the PSNR of trivial predictors
+  (mean colours of clips, frames, token footprints, blocks), the colour saturation of
+  reconstructions against originals, and the domain classifier's class accuracy on the
+  labelled clips and on their reconstructions.
 - Compression (Table 3 in small): bits per pixel of the token stream, raw and entropy coded,
   against H.264 and HEVC at the coded token rate, with PSNR / MS-SSIM; rate-distortion curves.
 - Generation: class-conditional samples and frame prediction, scored against held-out real
   clips by fvd_domain / fid_domain (FVD / FID / IS with weights) and by the domain classifier's
   class accuracy. The floor is the same distance for real train clips, as many as samples.
 
-Writes artifacts/eval/ (metrics.json, skipped.json, rate_distortion/*.csv, samples/) and one
-MLflow run linked to the tokenizer and MLM runs, whose runs also get the headline `eval/*`
-metrics so the nightly champion decision can compare them.
+Writes artifacts/eval/ (metrics.json, skipped.json, rate_distortion/*.csv, samples/,
+reconstructions.png) and one MLflow run linked to the tokenizer and MLM runs, whose runs also
+get the headline `eval/*` metrics so the nightly champion decision can compare them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from PIL import Image
 
 from magvit.cli import run_stage
+from magvit.evaluation.baselines import baseline_psnrs, colour_saturation
 from magvit.evaluation.compression import (
     codec_at_bpp,
     encode_tokens,
@@ -35,6 +39,7 @@ from magvit.evaluation.compression import (
 )
 from magvit.evaluation.domain_features import domain_outputs
 from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
+from magvit.evaluation.pictures import reconstruction_grid
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.formats.clip_shards import evenly_spaced, held_out_sets, labelled_clips
 from magvit.logs import configure_logging
@@ -43,6 +48,7 @@ from magvit.params import Params, load_params
 from magvit.runtime.mlflow_tracking import experiment_id, tracking_uri
 from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from magvit.training.clip_batches import to_model_input
+from models.domain_classifier import DomainClassifier
 from models.frechet import frechet_distance_between
 from models.i3d import i3d_features
 from models.inception import inception_features, inception_outputs, inception_score
@@ -52,6 +58,7 @@ from models.tokenizer import MagvitTokenizer
 
 log = logging.getLogger("evaluate")
 EXPERIMENT = "magvit2-evaluation"
+PICTURE_CLIPS = {"synthetic": 3, "real": 2, "image": 2}  # per kind, in reconstructions.png
 
 
 def spread(clips: np.ndarray, count: int) -> np.ndarray:
@@ -102,11 +109,48 @@ def lpips_distance(lpips: torch.nn.Module, real: np.ndarray, fake: np.ndarray, b
     return float(np.mean(scores))
 
 
+def saturation_scores(clips: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    """Colour saturation of originals and reconstructions; their ratio unless the originals
+    are grey (saturation 0)."""
+    original, reconstruction = colour_saturation(clips), colour_saturation(recon)
+    scores = {
+        "colour_saturation_original": original,
+        "colour_saturation_reconstruction": reconstruction,
+    }
+    if original > 0:
+        scores["colour_saturation_ratio"] = reconstruction / original
+    return scores
+
+
+def class_accuracy_scores(
+    domain: DomainClassifier, clips: np.ndarray, recon: np.ndarray, labels: np.ndarray, batch: int
+) -> dict[str, float]:
+    """The domain classifier's class accuracy on labelled clips and on their reconstructions;
+    their ratio unless it gets none of the originals right."""
+    original = float((domain_outputs(domain, clips, batch)[1] == labels).mean())
+    reconstruction = float((domain_outputs(domain, recon, batch)[1] == labels).mean())
+    scores = {
+        "class_accuracy_original": original,
+        "class_accuracy_reconstruction": reconstruction,
+    }
+    if original > 0:
+        scores["class_accuracy_ratio"] = reconstruction / original
+    return scores
+
+
 def reconstruction_metrics(
-    tokenizer: MagvitTokenizer, sets: dict[str, np.ndarray], nets: FeatureNets, batch: int
-) -> dict:
-    """Per kind of held-out clip (synthetic, real, image): quality of the reconstructions."""
-    metrics = {}
+    tokenizer: MagvitTokenizer,
+    sets: dict[str, np.ndarray],
+    nets: FeatureNets,
+    batch: int,
+    labels: np.ndarray | None = None,
+) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
+    """Per kind of held-out clip (synthetic, real, image): quality of the reconstructions,
+    the PSNR of trivial predictors (`baselines`) and colour saturation; with `labels` (of the
+    synthetic clips) the domain classifier's class accuracy. Also a few (original,
+    reconstruction) clip pairs of each kind, evenly spread, for the picture."""
+    factors = tokenizer.config.spatial_factor, tokenizer.config.temporal_factor
+    metrics, pairs = {}, []
     for kind, clips in sets.items():
         result = reconstruct_clips(tokenizer, clips, "cpu", batch)
         recon = result["recon"]
@@ -121,8 +165,17 @@ def reconstruction_metrics(
             scores["lpips"] = lpips_distance(nets.lpips, clips, recon, batch)
         frechet = frechet_metrics(nets, clips, recon, batch)
         scores |= {f"r{name}": value for name, value in frechet.items()}  # rFVD, rFID...
-        metrics[kind] = {k: round(float(v), 4) for k, v in scores.items()} | {"clips": len(clips)}
-    return metrics
+        scores |= saturation_scores(clips, recon)
+        if kind == "synthetic" and labels is not None:
+            scores |= class_accuracy_scores(nets.domain, clips, recon, labels, batch)
+        baselines = baseline_psnrs(clips, *factors)
+        metrics[kind] = {k: round(float(v), 4) for k, v in scores.items()} | {
+            "baselines": {k: round(float(v), 4) for k, v in baselines.items()},
+            "clips": len(clips),
+        }
+        picks = evenly_spaced(len(clips), PICTURE_CLIPS[kind])
+        pairs += [(clips[i], recon[i]) for i in picks]
+    return metrics, pairs
 
 
 def compression_metrics(
@@ -303,9 +356,14 @@ def run(
     nets = load_feature_nets(evaluate, model_dirs["domain_classifier"])
 
     sets = {k: spread(v, evaluate.max_clips) for k, v in held_out_sets(clips_dir, "test").items()}
+    # the same synthetic clips (same rows, same even spread), with their labels
+    sets["synthetic"], labels = labelled_clips(clips_dir, ("test",), evaluate.max_clips)
     videos = np.concatenate([sets[k] for k in ("synthetic", "real") if k in sets])
     log.info("reconstruction of %s held-out clips", {k: len(v) for k, v in sets.items()})
-    metrics = {"reconstruction": reconstruction_metrics(tokenizer, sets, nets, evaluate.batch_size)}
+    reconstruction, pairs = reconstruction_metrics(
+        tokenizer, sets, nets, evaluate.batch_size, labels
+    )
+    metrics = {"reconstruction": reconstruction}
     log.info(
         "compression: %d clips, codecs %s",
         min(len(videos), evaluate.compression_clips),
@@ -319,6 +377,7 @@ def run(
     metrics["generation"], media = generation_metrics(mlm, tokenizer, nets, clips_dir, params)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(reconstruction_grid(pairs)).save(out_dir / "reconstructions.png")
     write_curves(curves, out_dir / "rate_distortion")
     write_media(
         media, evaluate.generation.samples_per_class, out_dir / "samples", params.decode.fps

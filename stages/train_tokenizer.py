@@ -48,16 +48,30 @@ def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
     return np.stack([clip_frames(rows[i]) for i in evenly_spaced(len(rows), count)])
 
 
-def training_datasets(train_shards: list[Path]) -> tuple[dict, bool]:
-    """Ray Datasets of train videos and (when present) images, materialised once."""
+def single_frames(row: dict) -> list[dict]:
+    """A video clip row -> one T = 1 row per frame."""
+    frames = np.frombuffer(row["frames"], np.uint8).reshape(row["num_frames"], -1)
+    return [
+        {"num_frames": 1, "height": row["height"], "width": row["width"], "frames": f.tobytes()}
+        for f in frames
+    ]
+
+
+def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple[dict, bool]:
+    """Ray Datasets of train videos and (when there are any) images, materialised once:
+    the stills and, with `frames_as_images`, every frame of the videos."""
     columns = ["num_frames", "height", "width", "frames"]
     counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
     base = ray.data.read_parquet([str(p.resolve()) for p in train_shards]).select_columns(columns)
-    datasets = {"videos": base.filter(expr="num_frames > 1").materialize()}
-    has_images = bool((counts == 1).sum())
-    if has_images:
-        datasets["images"] = base.filter(expr="num_frames == 1").materialize()
-    return datasets, has_images
+    videos = base.filter(expr="num_frames > 1").materialize()
+    datasets = {"videos": videos}
+    images = base.filter(expr="num_frames == 1") if (counts == 1).any() else None
+    if frames_as_images and (counts > 1).any():
+        frames = videos.flat_map(single_frames)
+        images = frames if images is None else images.union(frames)
+    if images is not None:
+        datasets["images"] = images.materialize()
+    return datasets, images is not None
 
 
 def final_metrics(model: MagvitTokenizer, init: MagvitTokenizer, clips_dir: Path) -> dict:
@@ -92,7 +106,7 @@ def run(params_path: str, clips_dir: Path, out_dir: Path, curves_csv: Path) -> d
         "tokenizer", EXPERIMENT, train, model_config, params.seed, train_shards, ray_train,
         cadence_keys={"log_every", "eval_every", "image_log_every"},
     )  # fmt: skip
-    datasets, has_images = training_datasets(train_shards)
+    datasets, has_images = training_datasets(train_shards, train.frames_as_images)
     val_clips = evaluation_clips(clips_dir, train.eval_clips)
     loop = loop_config(
         run, train, model_config, params.seed, ray_train, has_images=has_images, val_clips=val_clips

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from magvit.evaluation.domain_features import class_accuracy, domain_outputs
@@ -145,6 +146,23 @@ def test_evaluate_stage_writes_metrics_plots_samples_and_mlflow_run(eval_workspa
     assert recon["synthetic"]["clips"] == 4 and 0 < recon["synthetic"]["ms_ssim"] <= 1
     assert "rfvd_domain" in recon["synthetic"] and "rfvd_domain" not in recon["image"]
     assert "rfid" not in recon["synthetic"]  # no Inception weights: skipped, never faked
+    for kind in ("synthetic", "real", "image"):
+        assert set(recon[kind]["baselines"]) == {
+            "clip_mean_colour",
+            "frame_mean_colour",
+            "token_footprint_mean",
+            "block_mean_8x8",
+            "block_mean_4x4",
+        }
+        saturation = recon[kind]["colour_saturation_reconstruction"]
+        ratio = saturation / recon[kind]["colour_saturation_original"]
+        assert recon[kind]["colour_saturation_ratio"] == pytest.approx(ratio, abs=1e-3)
+    synthetic = recon["synthetic"]
+    assert 0 <= synthetic["class_accuracy_reconstruction"] <= 1
+    assert "class_accuracy_original" in synthetic and "class_accuracy_original" not in recon["real"]
+    picture = np.asarray(Image.open(root / "artifacts/eval/reconstructions.png"))
+    # 3 synthetic, 1 real, 2 image pairs of 32-px rows; 5 frames wide; 2-px separators
+    assert picture.shape == (6 * 2 * 32 + 5 * 2, 5 * 32, 3)
 
     compression = metrics["compression"]
     assert compression["magvit"]["bpp_raw"] == pytest.approx(10 * 2 * 4 * 4 / (5 * 32 * 32))

@@ -212,3 +212,49 @@ def test_config_validation():
         LFQConfig(bits=0)
     with pytest.raises(ValueError, match="channels"):
         LFQ(LFQConfig(bits=4))(torch.randn(1, 3, 1, 2, 2))
+
+
+def _codebook_entropy_on_worker(rank: int, port: int, z: torch.Tensor, out: dict) -> None:
+    """One of two gloo workers: LFQ on its half of `z`, training and eval mode."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=timedelta(seconds=20),
+    )  # fmt: skip
+    lfq = LFQ(LFQConfig(bits=4, entropy_group_size=4, temperature=0.5))
+    half = z.chunk(2)[rank].clone().requires_grad_(True)
+    losses = lfq(half).losses
+    losses["entropy"].backward()
+    out[rank] = {
+        "codebook": float(losses["codebook_entropy"]),
+        "grad_finite": bool(torch.isfinite(half.grad).all()),
+    }
+    if rank == 0:  # evaluation runs on one worker alone: it must not wait for the other
+        out["eval_codebook"] = float(lfq.eval()(half.detach()).losses["codebook_entropy"])
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_codebook_entropy_is_estimated_over_every_workers_tokens():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    z = torch.randn(4, 4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_codebook_entropy_on_worker, args=(port, z, out), nprocs=2)
+
+    everything = lfq_entropy(video_to_tokens(z), 0.5, 4)[1]
+    first_half = lfq_entropy(video_to_tokens(z.chunk(2)[0]), 0.5, 4)[1]
+    for rank in (0, 1):
+        assert out[rank]["codebook"] == pytest.approx(float(everything), rel=1e-5)
+        assert out[rank]["grad_finite"]
+    assert out["eval_codebook"] == pytest.approx(float(first_half), rel=1e-5)
+    assert abs(float(everything) - float(first_half)) > 1e-3  # the halves differ

@@ -36,7 +36,7 @@ def video(batch: int, frames: int, size: int = 64, seed: int = 0) -> torch.Tenso
 
 
 def test_cpu_preset_shape():
-    assert (CPU.spatial_factor, CPU.temporal_factor, CPU.codebook_size) == (8, 4, 2**10)
+    assert (CPU.spatial_factor, CPU.temporal_factor, CPU.codebook_size) == (8, 4, 2**18)
     assert CPU.latent_shape(9, 64, 64) == (3, 8, 8)
     assert CPU.temporal_downsample == (False, True, True)  # late temporal downsampling
 
@@ -168,6 +168,34 @@ def test_from_pretrained_errors_name_the_path(model, tmp_path):
     (tmp_path / "other" / "model.safetensors").rename(tmp_path / "ckpt" / "model.safetensors")
     with pytest.raises(ValueError, match=str(tmp_path / "ckpt" / "model.safetensors")):
         MagvitTokenizer.from_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_res_blocks": (1, 1, 1)}, "one count >= 0 per level"),
+        ({"num_res_blocks": (0, -1, 1, 1)}, "one count >= 0 per level"),
+        ({"spatial_levels": 2}, "below the first temporal downsampling"),
+        ({"spatial_levels": 4}, r"must be in \[0, 4\)"),
+    ],
+)
+def test_config_rejects_bad_level_layouts(override, message):
+    with pytest.raises(ValueError, match=message):
+        TokenizerConfig(**{**CPU.to_dict(), **override})
+
+
+def test_spatial_levels_use_per_frame_kernels_and_res_blocks_follow_the_config():
+    model = MagvitTokenizer(CPU)
+    assert CPU.spatial_levels == 1 and CPU.num_res_blocks[0] == 0
+    assert model.encoder.conv_in.kernel_size == (1, 3, 3)
+    assert model.decoder.conv_out.kernel_size == (1, 3, 3)
+    convs = [m for m in model.encoder.blocks.modules() if isinstance(m, torch.nn.Conv3d)]
+    # the level-0 downsampler is per frame; everything coarser mixes time
+    assert convs[0].kernel_size == (1, 3, 3)
+    assert all(c.kernel_size[0] in (1, CPU.temporal_kernel) for c in convs)
+    assert any(c.kernel_size == (CPU.temporal_kernel, 3, 3) for c in convs)
+    blocks = [len(level.blocks) for level in model.decoder.levels]
+    assert blocks == list(reversed(CPU.num_res_blocks))
 
 
 def test_config_json_rejects_unknown_keys():

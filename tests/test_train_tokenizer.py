@@ -186,3 +186,25 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
     assert run.info.status == "FINISHED"
     resumed = [a.path for a in client.list_artifacts(run.info.run_id, "resume")]
     assert resumed == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"
+
+
+def test_image_steps_draw_the_stills_and_every_frame_of_the_training_videos(tmp_path, ray_local):
+    from magvit.formats.clip_shards import clip_frames, load_clips, shard_paths
+    from stages.train_tokenizer import training_datasets
+
+    clips = write_clip_folder(tmp_path / "clips")
+    shards = shard_paths(clips, "train")
+    rows = load_clips(clips, "train")
+    stills = [clip_frames(r)[0].tobytes() for r in rows if r["num_frames"] == 1]
+    frames = [f.tobytes() for r in rows if r["num_frames"] > 1 for f in clip_frames(r)]
+
+    datasets, has_images = training_datasets(shards, frames_as_images=True)
+    images = datasets["images"].take_all()
+    assert has_images and all(int(r["num_frames"]) == 1 for r in images)
+    assert sorted(bytes(r["frames"]) for r in images) == sorted(stills + frames)
+    assert datasets["videos"].count() == sum(r["num_frames"] > 1 for r in rows)
+
+    datasets, has_images = training_datasets(shards, frames_as_images=False)
+    assert has_images and sorted(bytes(r["frames"]) for r in datasets["images"].take_all()) == (
+        sorted(stills)
+    )

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -81,3 +82,24 @@ def test_tokenizer_overrides_are_validated():
     with pytest.raises(ParamsError, match="tokenizer: overrides"):
         parse_params({"tokenizer": {"overrides": {"bitz": 12}}})
     assert parse_params({"tokenizer": {"overrides": {"bits": 12}}}).tokenizer.config().bits == 12
+
+
+def test_augment_flips_and_reorders_colours_per_clip_and_nothing_else():
+    from magvit.training.clip_batches import augment
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (64, 3, 4, 5, 3), dtype=np.uint8)
+    out = augment(clips, np.random.default_rng(1))
+    assert out.shape == clips.shape and out.dtype == np.uint8
+    seen = set()
+    for clip, new in zip(clips, out, strict=True):
+        matches = [
+            (flip, order)
+            for flip in (False, True)
+            for order in itertools.permutations(range(3))
+            if np.array_equal((clip[:, :, ::-1] if flip else clip)[..., list(order)], new)
+        ]
+        assert len(matches) == 1, "each clip is one flip / channel order of itself"
+        seen.add(matches[0])
+    assert len(seen) >= 6, "the flips and orders vary from clip to clip"
+    assert np.array_equal(out, augment(clips, np.random.default_rng(1))), "seeded"

@@ -20,6 +20,20 @@ def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(*shape, 3) for b in batch["frames"]])
 
 
+def augment(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random horizontal flip and colour-channel order per clip of uint8 [B, T, H, W, 3]:
+    the same shapes, textures and motions in other colours and directions, so a small corpus
+    is not learnt by heart."""
+    flips = rng.random(len(frames)) < 0.5
+    orders = np.stack([rng.permutation(3) for _ in frames])
+    return np.stack(
+        [
+            (clip[:, :, ::-1] if flip else clip)[..., order]
+            for clip, flip, order in zip(frames, flips, orders, strict=True)
+        ]
+    )
+
+
 def to_model_input(frames: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] (the paper's input range)."""
     return pixels_to_unit(torch.from_numpy(np.ascontiguousarray(frames)).to(device))

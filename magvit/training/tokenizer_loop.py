@@ -14,13 +14,14 @@ import contextlib
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.params import TrainTokenizerParams
-from magvit.training.clip_batches import batch_frames, to_model_input, video_grid
+from magvit.training.clip_batches import augment, batch_frames, to_model_input, video_grid
 from magvit.training.ray_harness import (
     LoopConfig,
     checkpoint_state,
@@ -119,6 +120,7 @@ def train_loop(config: dict) -> None:
         images = map(
             batch_frames, endless_batches(shard, p.image_batch_size, seed, drop_last=False)
         )
+    augmentations = np.random.default_rng(seed)
     bf16 = use_bf16(p.bf16, device)
     val_clips = loop.data["val_clips"]
 
@@ -127,67 +129,22 @@ def train_loop(config: dict) -> None:
     window = _Window()
     while step < p.steps:
         image_step = images is not None and step % p.image_every == p.image_every - 1
-        x = to_model_input(next(images if image_step else videos), device)
-        lr = warmup_cosine_lr(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
-        for optimizer in (models.opt_g, models.opt_d):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        entropy_weight = entropy_weight_at(
-            step, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
+        frames = next(images if image_step else videos)
+        x = to_model_input(augment(frames, augmentations) if p.augment else frames, device)
+        losses, loss_g, grad_norm, quantized = train_step(
+            models, generator, discriminator, x, step, p, perceptual, bf16
         )
-        gan_on = step >= p.disc_start_step and p.gan_weight > 0
-        autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        )
-
-        # generator step
-        with autocast:
-            recon, quantized = generator(x)
-            losses = {
-                "recon": reconstruction_loss(recon.float(), x, p.recon_loss),
-                "commitment": quantized.losses["commitment"],
-                "entropy": quantized.losses["entropy"],
-            }
-            if perceptual is not None:
-                losses["perceptual"] = perceptual(recon.float(), x)
-            if gan_on:
-                models.discriminator.requires_grad_(False)
-                losses["g_adv"] = non_saturating_generator_loss(models.discriminator(recon))
-                models.discriminator.requires_grad_(True)
-        weights = {
-            "recon": 1.0,
-            "commitment": 1.0,  # already scaled by the quantiser's commitment_weight
-            "entropy": entropy_weight,
-            "perceptual": p.perceptual_weight,
-            "g_adv": p.gan_weight,
-        }
-        loss_g = sum(weights[k] * v.float() for k, v in losses.items())
-        models.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(models.generator.parameters(), p.grad_clip)
-        models.opt_g.step()
-        models.ema.update(models.generator)
-
-        # discriminator step: real and fake in one forward (DDP sees each parameter once)
-        if gan_on:
-            with autocast:
-                logits = discriminator(torch.cat([x, recon.detach()])).float()
-            real, fake = logits.chunk(2)
-            losses["d_hinge"] = hinge_discriminator_loss(real, fake)
-            losses["d_lecam"] = models.lecam.penalty(real, fake)
-            loss_d = losses["d_hinge"] + p.lecam_weight * losses["d_lecam"]
-            models.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            torch.nn.utils.clip_grad_norm_(models.discriminator.parameters(), p.grad_clip)
-            models.opt_d.step()
-            models.lecam.update(real, fake)
-
         step += 1
         window.add(losses, loss_g, grad_norm, clips=len(x) * world)
         if due(step, p.log_every, p.steps):
-            extra = {"lr": lr, "entropy_weight": entropy_weight, "per_token_entropy":
-                     float(quantized.losses["per_token_entropy"]),
-                     "codebook_entropy": float(quantized.losses["codebook_entropy"])}  # fmt: skip
+            extra = {
+                "lr": warmup_cosine_lr(step - 1, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio),
+                "entropy_weight": entropy_weight_at(
+                    step - 1, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
+                ),
+                "per_token_entropy": float(quantized.losses["per_token_entropy"]),
+                "codebook_entropy": float(quantized.losses["codebook_entropy"]),
+            }
             logger.metrics({**window.summary(), **extra}, step)
             window = _Window()
         if rank == 0 and due(step, p.eval_every, p.steps):
@@ -197,6 +154,75 @@ def train_loop(config: dict) -> None:
         if due(step, p.checkpoint_every, p.steps):
             state = checkpoint_state(step, loop, **models.state()) if rank == 0 else None
             report_step({"step": step, "loss_g": float(loss_g)}, state)
+
+
+def train_step(
+    models: Models,
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    x: torch.Tensor,
+    step: int,
+    p: TrainTokenizerParams,
+    perceptual: torch.nn.Module | None = None,
+    bf16: bool = False,
+):
+    """One generator step and (from `disc_start_step`) one discriminator step on x [B, 3, T,
+    H, W]. `generator` / `discriminator` are the (DDP-wrapped) modules of `models`.
+    Returns (losses, weighted generator loss, generator grad norm, quantiser output)."""
+    lr = warmup_cosine_lr(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
+    for optimizer in (models.opt_g, models.opt_d):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    entropy_weight = entropy_weight_at(
+        step, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
+    )
+    gan_on = step >= p.disc_start_step and p.gan_weight > 0
+    autocast = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
+
+    # generator step
+    with autocast:
+        recon, quantized = generator(x)
+        losses = {
+            "recon": reconstruction_loss(recon.float(), x, p.recon_loss),
+            "commitment": quantized.losses["commitment"],
+            "entropy": quantized.losses["entropy"],
+        }
+        if perceptual is not None:
+            losses["perceptual"] = perceptual(recon.float(), x)
+        if gan_on:
+            models.discriminator.requires_grad_(False)
+            losses["g_adv"] = non_saturating_generator_loss(models.discriminator(recon))
+            models.discriminator.requires_grad_(True)
+    weights = {
+        "recon": 1.0,
+        "commitment": 1.0,  # already scaled by the quantiser's commitment_weight
+        "entropy": entropy_weight,
+        "perceptual": p.perceptual_weight,
+        "g_adv": p.gan_weight,
+    }
+    loss_g = sum(weights[k] * v.float() for k, v in losses.items())
+    models.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(models.generator.parameters(), p.grad_clip)
+    models.opt_g.step()
+    models.ema.update(models.generator)
+
+    # discriminator step: real and fake in one forward (DDP sees each parameter once)
+    if gan_on:
+        with autocast:
+            logits = discriminator(torch.cat([x, recon.detach()])).float()
+        real, fake = logits.chunk(2)
+        losses["d_hinge"] = hinge_discriminator_loss(real, fake)
+        losses["d_lecam"] = models.lecam.penalty(real, fake)
+        loss_d = losses["d_hinge"] + p.lecam_weight * losses["d_lecam"]
+        models.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        torch.nn.utils.clip_grad_norm_(models.discriminator.parameters(), p.grad_clip)
+        models.opt_d.step()
+        models.lecam.update(real, fake)
+    return losses, loss_g, grad_norm, quantized
 
 
 def _eval_metrics(model, clips, device, logger, step: int, log_images: bool = True) -> dict:
