@@ -165,7 +165,7 @@ def test_evaluate_stage_writes_metrics_plots_samples_and_mlflow_run(eval_workspa
     assert picture.shape == (6 * 2 * 32 + 5 * 2, 5 * 32, 3)
 
     compression = metrics["compression"]
-    assert compression["magvit"]["bpp_raw"] == pytest.approx(10 * 2 * 4 * 4 / (5 * 32 * 32))
+    assert compression["magvit"]["bpp_raw"] == pytest.approx(18 * 2 * 4 * 4 / (5 * 32 * 32))
     assert 0 < compression["magvit"]["bpp_coded"] <= compression["magvit"]["bpp_raw"] * 1.25
     assert compression["h264"]["crf"] in range(52) and compression["h264"]["bpp"] > 0
 

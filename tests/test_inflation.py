@@ -37,10 +37,17 @@ def test_2d_model_is_per_frame():
 
 def test_inflated_kernels_live_in_last_temporal_slice(models):
     model_2d, model_3d = models
-    conv_2d, conv_3d = model_2d.encoder.conv_in, model_3d.encoder.conv_in
-    assert conv_3d.weight.shape[2] == 3
-    assert torch.equal(conv_3d.weight[:, :, -1:], conv_2d.weight)
-    assert not conv_3d.weight[:, :, :-1].any()
+    # conv_in is per frame at full resolution (spatial_levels): copied as it is
+    assert torch.equal(model_3d.encoder.conv_in.weight, model_2d.encoder.conv_in.weight)
+    pairs = [
+        (conv_2d, conv_3d)
+        for conv_2d, conv_3d in zip(model_2d.modules(), model_3d.modules(), strict=True)
+        if isinstance(conv_3d, torch.nn.Conv3d) and conv_3d.weight.shape[2] == 3
+    ]
+    assert len(pairs) > 5
+    for conv_2d, conv_3d in pairs:
+        assert torch.equal(conv_3d.weight[:, :, -1:], conv_2d.weight)
+        assert not conv_3d.weight[:, :, :-1].any()
 
 
 def test_inflated_model_reproduces_2d_model_on_images(models):

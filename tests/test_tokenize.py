@@ -91,12 +91,12 @@ def test_shards_follow_the_schema_and_the_manifest_describes_them(tokenized):
     assert saved["tokenizer"] == {
         "fingerprint": tokenizer_fingerprint(root / "tokenizer"),
         "quantizer": "lfq",
-        "bits": 10,
-        "codebook_size": 1024,
+        "bits": 18,
+        "codebook_size": 2**18,
         "temporal_factor": 4,
         "spatial_factor": 8,
     }
-    assert saved["factorisation"] == {"num_factors": 1, "sub_bits": 10}
+    assert saved["factorisation"] == {"num_factors": 1, "sub_bits": 18}
     clips = list(iter_clip_rows(root / "clips"))
     images = sum(c["num_frames"] == 1 for c in clips)
     assert saved["shapes"] == [
@@ -156,7 +156,7 @@ def test_validate_tokens_fails_a_broken_shard_with_a_readable_summary(tokenized,
     tokens = shutil.copytree(root / "tokens", tmp_path / "tokens")
     shard = token_shard_paths(tokens, "train")[0]
     rows = pq.read_table(shard).to_pylist()
-    rows[0]["tokens"][3] = 1024  # out of range for 2^10 codes
+    rows[0]["tokens"][3] = 2**18  # out of range for 2^18 codes
     rows[1]["tokens"] = rows[1]["tokens"][:-1]  # one token short of the grid
     rows[2]["clip_id"] = rows[3]["clip_id"]  # duplicate id
     rows[4]["clip_id"] = "stranger:0"  # not a clip of the clip shards
