@@ -109,33 +109,20 @@ def lpips_distance(lpips: torch.nn.Module, real: np.ndarray, fake: np.ndarray, b
     return float(np.mean(scores))
 
 
-def saturation_scores(clips: np.ndarray, recon: np.ndarray) -> dict[str, float]:
-    """Colour saturation of originals and reconstructions; their ratio unless the originals
-    are grey (saturation 0)."""
-    original, reconstruction = colour_saturation(clips), colour_saturation(recon)
-    scores = {
-        "colour_saturation_original": original,
-        "colour_saturation_reconstruction": reconstruction,
-    }
+def paired_scores(name: str, original: float, reconstruction: float) -> dict[str, float]:
+    """`name` on the originals and on their reconstructions, and the ratio of the two unless
+    the originals score 0 (grey clips, a classifier that gets none right)."""
+    scores = {f"{name}_original": original, f"{name}_reconstruction": reconstruction}
     if original > 0:
-        scores["colour_saturation_ratio"] = reconstruction / original
+        scores[f"{name}_ratio"] = reconstruction / original
     return scores
 
 
-def class_accuracy_scores(
-    domain: DomainClassifier, clips: np.ndarray, recon: np.ndarray, labels: np.ndarray, batch: int
-) -> dict[str, float]:
-    """The domain classifier's class accuracy on labelled clips and on their reconstructions;
-    their ratio unless it gets none of the originals right."""
-    original = float((domain_outputs(domain, clips, batch)[1] == labels).mean())
-    reconstruction = float((domain_outputs(domain, recon, batch)[1] == labels).mean())
-    scores = {
-        "class_accuracy_original": original,
-        "class_accuracy_reconstruction": reconstruction,
-    }
-    if original > 0:
-        scores["class_accuracy_ratio"] = reconstruction / original
-    return scores
+def class_accuracy(
+    domain: DomainClassifier, clips: np.ndarray, labels: np.ndarray, batch: int
+) -> float:
+    """The domain classifier's class accuracy on labelled clips."""
+    return float((domain_outputs(domain, clips, batch)[1] == labels).mean())
 
 
 def reconstruction_metrics(
@@ -165,9 +152,12 @@ def reconstruction_metrics(
             scores["lpips"] = lpips_distance(nets.lpips, clips, recon, batch)
         frechet = frechet_metrics(nets, clips, recon, batch)
         scores |= {f"r{name}": value for name, value in frechet.items()}  # rFVD, rFID...
-        scores |= saturation_scores(clips, recon)
+        scores |= paired_scores(
+            "colour_saturation", colour_saturation(clips), colour_saturation(recon)
+        )
         if kind == "synthetic" and labels is not None:
-            scores |= class_accuracy_scores(nets.domain, clips, recon, labels, batch)
+            accuracies = [class_accuracy(nets.domain, c, labels, batch) for c in (clips, recon)]
+            scores |= paired_scores("class_accuracy", *accuracies)
         baselines = baseline_psnrs(clips, *factors)
         metrics[kind] = {k: round(float(v), 4) for k, v in scores.items()} | {
             "baselines": {k: round(float(v), 4) for k, v in baselines.items()},
