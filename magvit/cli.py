@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from magvit.errors import UserInputError
 
@@ -70,12 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on(error: UserInputError, prog: str) -> NoReturn:
+    """`prog: message` on one line of stderr, then exit with the error's status."""
+    message = " ".join(str(error).splitlines())
+    print(f"{prog}: {message}", file=sys.stderr)
+    raise SystemExit(error.exit_code) from None
+
+
 def run_stage(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a command's main(); a params or validation error ends it with one line, no traceback."""
+    """Run a command's main(); a params, validation or argument error ends it with one line,
+    no traceback."""
     try:
         main(argv)
     except UserInputError as error:
-        raise SystemExit(f"{Path(sys.argv[0]).stem}: {error}") from None
+        exit_on(error, Path(sys.argv[0]).stem)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         module.main(argv[1:])
     except UserInputError as error:
-        raise SystemExit(f"magvit {argv[0]}: {error}") from None
+        exit_on(error, f"magvit {argv[0]}")
 
 
 if __name__ == "__main__":

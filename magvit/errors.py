@@ -2,4 +2,17 @@
 
 
 class UserInputError(Exception):
-    """Bad params, a failed data validation, ...: the message says what and where."""
+    """Bad params, a failed data validation, ...: the message says what and where.
+    `magvit.cli` ends the command with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(UserInputError):
+    """A bad command-line argument (a value out of range, a missing or unusable file).
+
+    Like argparse's own errors it ends the command with exit status 2, which tells a
+    caller that the command line, not the data or the run, was wrong.
+    """
+
+    exit_code = 2

@@ -36,12 +36,13 @@ def class_samples(
     config: SamplerConfig,
     seed: int,
 ) -> np.ndarray:
-    """`count` videos of class `class_id` (None: unconditional), uint8 [count, T, H, W, 3]."""
-    label = mlm.no_label_id if class_id is None else class_id
-    if not 0 <= label <= mlm.no_label_id:
+    """`count` videos of class `class_id` (None: unconditional), uint8 [count, T, H, W, 3].
+    Sample i is drawn with its own seed, seed + i, so any one of them can be redrawn alone."""
+    if class_id is not None and not 0 <= class_id < mlm.config.num_classes:
         raise ValueError(f"class id must lie in [0, {mlm.config.num_classes}), got {class_id}")
-    labels = torch.full((count,), label, dtype=torch.long)
-    tokens = sample(mlm, labels, config, seed=seed)
+    label = mlm.no_label_id if class_id is None else class_id
+    labels = torch.full((1,), label, dtype=torch.long)
+    tokens = torch.cat([sample(mlm, labels, config, seed=seed + i) for i in range(count)])
     return tokens_to_video(tokenizer, tokens, mlm.config.grid)
 
 

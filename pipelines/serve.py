@@ -61,13 +61,23 @@ def wait_healthy(api_url: str, server: subprocess.Popen, timeout_s: float) -> No
     raise TimeoutError(f"prefect server at {api_url} not healthy after {timeout_s:g} s")
 
 
+def server_env(api_url: str) -> dict[str, str]:
+    """The server's environment, with the API URL its UI should call.
+
+    The UI reads that URL from the server's /ui-settings, which Prefect takes from
+    PREFECT_API_URL or PREFECT_SERVER_API_HOST/PORT (127.0.0.1:4200), not from `--port`.
+    """
+    return {**command_env(), "PREFECT_SERVER_UI_API_URL": api_url}
+
+
 def start_server(host: str, port: int, log_path: Path, timeout_s: float) -> subprocess.Popen:
     """`prefect server start` in the background, returned once /api/health answers."""
+    api_url = f"http://{host}:{port}/api"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:
         server = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port)],
-            env=command_env(),
+            env=server_env(api_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             # not in the terminal's process group: on Ctrl-C the runner must still reach the
@@ -75,7 +85,7 @@ def start_server(host: str, port: int, log_path: Path, timeout_s: float) -> subp
             start_new_session=True,
         )
     try:
-        wait_healthy(f"http://{host}:{port}/api", server, timeout_s)
+        wait_healthy(api_url, server, timeout_s)
     except BaseException:
         server.terminate()
         raise

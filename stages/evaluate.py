@@ -30,25 +30,35 @@ import torch
 from PIL import Image
 
 from magvit.cli import run_stage
-from magvit.evaluation.baselines import baseline_psnrs, colour_saturation
+from magvit.evaluation.baselines import (
+    baseline_psnrs,
+    colour_saturation,
+    copy_last_condition_frame,
+)
 from magvit.evaluation.compression import (
     codec_at_bpp,
     encode_tokens,
     rate_distortion_curve,
     token_bits_per_pixel,
 )
-from magvit.evaluation.domain_features import domain_outputs
+from magvit.evaluation.domain_features import class_accuracy, domain_outputs
 from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
-from magvit.evaluation.pictures import reconstruction_grid
+from magvit.evaluation.pictures import reconstruction_grid, sample_grid
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.formats.clip_shards import evenly_spaced, held_out_sets, labelled_clips
+from magvit.formats.corpus_manifest import class_names
 from magvit.logs import configure_logging
 from magvit.media.video_encode import write_gif
 from magvit.params import Params, load_params
 from magvit.runtime.mlflow_tracking import experiment_id, tracking_uri
-from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
+from magvit.sampling import (
+    class_samples,
+    predict_frames,
+    sampler_config,
+    tile_clips,
+    tokens_to_video,
+)
 from magvit.training.clip_batches import to_model_input
-from models.domain_classifier import DomainClassifier
 from models.frechet import frechet_distance_between
 from models.i3d import i3d_features
 from models.inception import inception_features, inception_outputs, inception_score
@@ -116,13 +126,6 @@ def paired_scores(name: str, original: float, reconstruction: float) -> dict[str
     if original > 0:
         scores[f"{name}_ratio"] = reconstruction / original
     return scores
-
-
-def class_accuracy(
-    domain: DomainClassifier, clips: np.ndarray, labels: np.ndarray, batch: int
-) -> float:
-    """The domain classifier's class accuracy on labelled clips."""
-    return float((domain_outputs(domain, clips, batch)[1] == labels).mean())
 
 
 def reconstruction_metrics(
@@ -220,23 +223,34 @@ def generation_metrics(
     nets: FeatureNets,
     clips_dir: Path,
     params: Params,
+    judge: dict[str, float],
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Class-conditional and frame-prediction samples scored against held-out real clips."""
+    """Class-conditional and frame-prediction samples scored against held-out real clips.
+
+    `judge`: the domain classifier's accuracy on held-out real clips and on their
+    reconstructions, reported beside the samples' (the second is what a perfect masked model
+    could reach through this tokenizer). Frame prediction is shown beside copying the last
+    condition frame forward."""
     gen, batch, seed = params.evaluate.generation, params.evaluate.batch_size, params.seed
     config = sampler_config(params.train_mlm.sampling)
-    classes = range(mlm.config.num_classes)
-    samples = np.concatenate(
-        [class_samples(mlm, tokenizer, c, gen.samples_per_class, config, seed + c) for c in classes]
+    count = gen.samples_per_class
+    by_class = np.stack(  # [C, S, T, H, W, 3]; sample s of class c drawn with seed + c*S + s
+        [
+            class_samples(mlm, tokenizer, c, count, config, seed + c * count)
+            for c in range(mlm.config.num_classes)
+        ]
     )
-    requested = np.repeat(np.arange(mlm.config.num_classes), gen.samples_per_class)
+    samples = by_class.reshape(-1, *by_class.shape[2:])
+    requested = np.repeat(np.arange(mlm.config.num_classes), count)
     reference = labelled_clips(clips_dir, ("val", "test"), params.evaluate.max_clips)[0]
     train_clips = labelled_clips(clips_dir, ("train",), None)[0]
     floor_pick = np.random.default_rng(seed).permutation(len(train_clips))[: len(samples)]
 
     metrics = {"class_conditional": frechet_metrics(nets, reference, samples, batch)}
-    metrics["class_conditional"]["class_accuracy"] = float(
-        (domain_outputs(nets.domain, samples, batch)[1] == requested).mean()
+    metrics["class_conditional"]["class_accuracy"] = class_accuracy(
+        nets.domain, samples, requested, batch
     )
+    metrics["class_conditional"] |= {f"class_accuracy_{k}": v for k, v in judge.items()}
     metrics["class_conditional"]["samples"] = len(samples)
     if nets.inception is not None:
         logits = inception_outputs(nets.inception, as_frames(samples)[:, 0], batch)[1]
@@ -251,30 +265,70 @@ def generation_metrics(
             for clip in truth
         ]
     )
-    given = 1 + 4 * (params.train_mlm.condition_frames - 1)  # pixel frames in the condition
+    condition_frames = params.train_mlm.condition_frames
+    given = 1 + 4 * (condition_frames - 1)  # pixel frames in the condition
+    future = truth[:, given:]
     metrics["frame_prediction"] = frechet_metrics(nets, truth, predicted, batch) | {
-        "class_accuracy": float(
-            (domain_outputs(nets.domain, predicted, batch)[1] == labels).mean()
-        ),
-        "future_psnr": psnr(truth[:, given:], predicted[:, given:]),
+        "class_accuracy": class_accuracy(nets.domain, predicted, labels, batch),
+        "future_psnr": psnr(future, predicted[:, given:]),
+        **future_psnr_baselines(tokenizer, truth, condition_frames, given, batch),
         "clips": len(truth),
     }
-    media = {"class_conditional": samples, "frame_prediction": np.stack([truth, predicted], 1)}
+    media = {"class_conditional": by_class, "frame_prediction": np.stack([truth, predicted], 1)}
     return _rounded(metrics), media
 
 
-def write_media(media: dict[str, np.ndarray], columns: int, out_dir: Path, fps: float) -> list:
-    """Sample grids: a GIF per task (clips side by side) and a PNG of every frame."""
-    paths = []
-    samples = media["class_conditional"]
+def future_psnr_baselines(
+    tokenizer: MagvitTokenizer, truth: np.ndarray, condition_frames: int, given: int, batch: int
+) -> dict[str, float]:
+    """PSNR of the frames after the condition (`given` pixel frames) for what frame
+    prediction is read against: the last condition frame repeated, in pixels and in tokens
+    (its latent frame's tokens repeated, then decoded: the same tokenizer as the model's
+    predictions), and the tokenizer's reconstruction of the truth (a perfect model's)."""
+    future = truth[:, given:]
+    held = np.repeat(truth[:, given - 1 : given], future.shape[1], axis=1)
+    grids = torch.cat(
+        [
+            tokenizer.encode(torch.from_numpy(truth[i : i + batch]))
+            for i in range(0, len(truth), batch)
+        ]
+    )  # [B, t, h, w]
+    grid = tuple(grids.shape[1:])
+    flat = grids.flatten(1)
+    copied = tokens_to_video(
+        tokenizer, copy_last_condition_frame(flat, condition_frames, grid), grid
+    )
+    reconstructed = tokens_to_video(tokenizer, flat, grid)
+    return {
+        "future_psnr_copy_last_condition_frame": psnr(future, held),
+        "future_psnr_copy_last_condition_tokens": psnr(future, copied[:, given:]),
+        "future_psnr_reconstruction": psnr(future, reconstructed[:, given:]),
+    }
+
+
+def write_media(
+    media: dict[str, np.ndarray], names: list[str], out_dir: Path, fps: float
+) -> list[Path]:
+    """Sample pictures: class-conditional samples as a PNG labelled by class (frames 0, 4, 8
+    of each) and a GIF (a row per class); frame prediction as truth beside prediction, a GIF
+    and a PNG of every frame."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_class = media["class_conditional"]  # [C, S, T, H, W, 3]
     pairs = media["frame_prediction"][:8]  # [n, 2 (truth, predicted), T, H, W, 3]
-    grids = {
-        "class_conditional": tile_clips(samples, columns),
+    gifs = {
+        "class_conditional": tile_clips(
+            by_class.reshape(-1, *by_class.shape[2:]), by_class.shape[1]
+        ),
         "frame_prediction": tile_clips(pairs.reshape(-1, *pairs.shape[2:]), 2),
     }
-    for name, grid in grids.items():  # grid [T, H', W', 3]
+    pictures = {
+        "class_conditional": sample_grid(by_class, names),
+        "frame_prediction": np.concatenate(list(gifs["frame_prediction"]), axis=1),
+    }
+    paths = []
+    for name, grid in gifs.items():  # grid [T, H', W', 3]
         write_gif(grid, out_dir / f"{name}.gif", fps)
-        Image.fromarray(np.concatenate(list(grid), axis=1)).save(out_dir / f"{name}.png")
+        Image.fromarray(pictures[name]).save(out_dir / f"{name}.png")
         paths += [out_dir / f"{name}.gif", out_dir / f"{name}.png"]
     return paths
 
@@ -335,9 +389,11 @@ def run(
     clips_dir: Path,
     model_dirs: dict[str, Path],
     out_dir: Path,
+    classes_json: Path,
     record: bool = True,
 ) -> dict:
-    """`model_dirs`: the "tokenizer", "mlm" and "domain_classifier" model directories."""
+    """`model_dirs`: the "tokenizer", "mlm" and "domain_classifier" model directories;
+    `classes_json`: the corpus's class names (labels of the sample pictures)."""
     params = load_params(params_path)
     evaluate = params.evaluate
     torch.manual_seed(params.seed)
@@ -364,14 +420,24 @@ def run(
     )
     metrics["compression"] = compression
     log.info("generation: %d samples per class", evaluate.generation.samples_per_class)
-    metrics["generation"], media = generation_metrics(mlm, tokenizer, nets, clips_dir, params)
+    synthetic = reconstruction.get("synthetic", {})
+    judge = {  # the classifier on held-out real clips and on their reconstructions
+        name: synthetic[key]
+        for name, key in (
+            ("real_clips", "class_accuracy_original"),
+            ("reconstructions", "class_accuracy_reconstruction"),
+        )
+        if key in synthetic
+    }
+    metrics["generation"], media = generation_metrics(
+        mlm, tokenizer, nets, clips_dir, params, judge
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(reconstruction_grid(pairs)).save(out_dir / "reconstructions.png")
     write_curves(curves, out_dir / "rate_distortion")
-    write_media(
-        media, evaluate.generation.samples_per_class, out_dir / "samples", params.decode.fps
-    )
+    names = class_names(classes_json, mlm.config.num_classes)
+    write_media(media, names, out_dir / "samples", params.decode.fps)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
     if record:
@@ -388,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", required=True, help="tokenizer model directory")
     parser.add_argument("--mlm", required=True, help="masked token model directory")
     parser.add_argument("--domain-classifier", required=True, help="domain classifier directory")
+    parser.add_argument("--classes", required=True, help="classes.json of the corpus")
     parser.add_argument("--out", required=True, help="folder for metrics, plots, samples")
     args = parser.parse_args(argv)
     configure_logging()
@@ -396,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         "mlm": Path(args.mlm),
         "domain_classifier": Path(args.domain_classifier),
     }
-    run(args.params, Path(args.clips), model_dirs, Path(args.out))
+    run(args.params, Path(args.clips), model_dirs, Path(args.out), Path(args.classes))
 
 
 if __name__ == "__main__":

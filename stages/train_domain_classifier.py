@@ -1,7 +1,7 @@
 """Stage `train_domain_classifier`: the domain feature network of the evaluation.
 
 Trains models.domain_classifier on the labelled (synthetic) train clips, in process: the
-network is small and trains in about a minute on two cores, so Ray Train would only add
+network is small and trains in about two minutes on two cores, so Ray Train would only add
 start-up time. Each step sees whole clips and, from the same clips, one random frame each as
 a T = 1 clip, so the features serve both fvd_domain (clips) and fid_domain (frames). Writes
 artifacts/domain_classifier/ (config.json, model.safetensors, metrics.json with the held-out

@@ -9,7 +9,6 @@ A killed run resumes from its last checkpoint when the stage is run again.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import ray.data
 import torch
 
 from magvit.cli import run_stage
+from magvit.formats.corpus_manifest import class_names
 from magvit.formats.token_shards import token_shard_paths
 from magvit.logs import configure_logging
 from magvit.media.video_encode import write_gif
@@ -74,8 +74,9 @@ def write_samples(
     config = sampler_config(train.sampling)
     written = {}
     for class_id, name in enumerate(names):
+        count = train.sampling.samples_per_class
         videos = class_samples(
-            mlm, tokenizer, class_id, train.sampling.samples_per_class, config, params.seed
+            mlm, tokenizer, class_id, count, config, params.seed + class_id * count
         )
         path = out_dir / f"class_{class_id:02d}_{name}.gif"
         write_gif(tile_clips(videos), path, params.decode.fps)
@@ -91,12 +92,6 @@ def write_samples(
         write_gif(tile_clips(np.concatenate([original[None], predicted])), path, params.decode.fps)
         written[f"frame_prediction_{index}"] = path
     return written
-
-
-def class_names(classes_json: Path, count: int) -> list[str]:
-    """Names of the corpus's classes (the corpus stage's classes.json), `classN` past them."""
-    names = json.loads(classes_json.read_text()) if classes_json.is_file() else []
-    return [names[i] if i < len(names) else f"class{i}" for i in range(count)]
 
 
 def run(

@@ -1,8 +1,9 @@
-"""Trivial predictors of clips (the scale for reconstruction PSNR) and the reconstruction
-picture."""
+"""Trivial predictors of clips and tokens (the scale for reconstruction PSNR and masked-token
+accuracy) and the pictures of reconstructions and samples."""
 
 import numpy as np
 import pytest
+import torch
 
 from magvit.evaluation.baselines import (
     baseline_psnrs,
@@ -10,10 +11,18 @@ from magvit.evaluation.baselines import (
     causal_frame_starts,
     clip_mean_colour,
     colour_saturation,
+    copy_last_condition_frame,
+    copy_neighbour_tokens,
     frame_mean_colour,
     token_footprint_mean,
 )
-from magvit.evaluation.pictures import PAD_GREY, SEPARATOR, reconstruction_grid
+from magvit.evaluation.pictures import (
+    LABEL_WIDTH,
+    PAD_GREY,
+    SEPARATOR,
+    reconstruction_grid,
+    sample_grid,
+)
 
 
 def grey_clip(frames: np.ndarray) -> np.ndarray:
@@ -139,3 +148,38 @@ def test_reconstruction_grid_puts_originals_above_reconstructions():
     np.testing.assert_array_equal(row[[0, 4, 8], 0], [0, 50, 100])  # frames left to right
     with pytest.raises(ValueError):
         reconstruction_grid([])
+
+
+def test_copy_neighbour_takes_the_nearest_visible_frame_earlier_first():
+    grid = (3, 1, 2)  # t, h, w
+    tokens = torch.tensor([[10, 11, 20, 21, 30, 31]])  # frame t holds 10t, 10t + 1
+    mask = torch.tensor([[False, True, True, True, False, False]])
+    guess = copy_neighbour_tokens(tokens, mask, grid)
+    # (t1, w0): frames 0 and 2 both one away -> the earlier, 10; (t0, w1): t1 hidden -> t2's 31;
+    # (t1, w1): t0 hidden, t2 visible -> 31; visible positions keep their tokens
+    assert guess.tolist() == [[10, 31, 10, 31, 30, 31]]
+    everything = torch.ones_like(mask)
+    assert (copy_neighbour_tokens(tokens, everything, grid) == -1).all()  # nothing to copy
+
+
+def test_copy_last_condition_frame_repeats_it_forward():
+    tokens = torch.arange(12).reshape(1, 12)  # grid (3, 2, 2)
+    copied = copy_last_condition_frame(tokens, 2, (3, 2, 2))
+    assert copied.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7]]
+    assert copy_last_condition_frame(tokens, 1, (3, 2, 2)).tolist() == [[0, 1, 2, 3] * 3]
+
+
+def test_sample_grid_is_a_labelled_row_per_class():
+    samples = np.zeros((2, 3, 9, 16, 16, 3), dtype=np.uint8)  # 2 classes x 3 samples, 9 frames
+    samples[1] = 200
+    samples[:, :, 4] = 90  # the middle frame of every sample
+    grid = sample_grid(samples, ["first", "second"])
+    assert grid.shape == (2 * 16, LABEL_WIDTH + 3 * (3 * 16 + 2), 3)
+    left = LABEL_WIDTH
+    assert (grid[:16, left : left + 16] == 0).all() and (grid[16:, left : left + 16] == 200).all()
+    assert (grid[:, left + 16 : left + 32] == 90).all()  # frames 0, 4, 8 left to right
+    assert (grid[:, left + 48 : left + 50] == SEPARATOR).all()  # between samples
+    for row in (grid[:16, :left], grid[16:, :left]):
+        assert (row < 100).any() and (row == 255).any()  # dark text on white
+    with pytest.raises(ValueError, match="2 classes"):
+        sample_grid(samples, ["only one"])

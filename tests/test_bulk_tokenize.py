@@ -11,6 +11,7 @@ from magvit.commands.bulk_tokenize import BulkTokenizeError, main, run_bulk
 from magvit.formats.clip_shards import clip_frames, iter_clip_rows
 from magvit.formats.corpus_manifest import ManifestEntry, video_id_for
 from magvit.formats.token_shards import (
+    BULK_TOKEN_SCHEMA,
     TokenShardError,
     load_token_shards,
     read_token_manifest,
@@ -31,15 +32,16 @@ PARAMS = parse_params(
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Five files in three chunks of two: videos, images and one corrupt file."""
+    """Five files in nested folders, in three chunks of two: videos, images, a corrupt file."""
     root = tmp_path_factory.mktemp("bulk")
     media = root / "media"
-    media.mkdir()
+    (media / "clips").mkdir(parents=True)
     textured_video(media / "a.mp4", num_frames=48)
-    index_video(media / "b.mp4", num_frames=48, fps=24)
-    png(media / "c.png", np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    index_video(media / "clips" / "b.mp4", num_frames=48, fps=24)
+    c, e = (np.random.default_rng(seed) for seed in (1, 2))
+    png(media / "stills" / "c.png", c.integers(0, 255, (40, 48, 3), dtype=np.uint8))
     (media / "d.mp4").write_bytes(b"this is not a video")
-    png(media / "e.png", np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    png(media / "stills" / "more" / "e.png", e.integers(0, 255, (32, 32, 3), dtype=np.uint8))
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
     return root, media, tiny_tokenizer(root / "tokenizer")
@@ -73,17 +75,20 @@ def test_bulk_writes_the_token_schema_rejects_and_manifest(corpus, full_run):
     assert manifest.complete and manifest.fingerprint == tokenizer_fingerprint(tokenizer)
     assert manifest.source["files_per_shard"] == 2 and manifest.source["chunks"] == 3
 
-    # every token row is the model's encoding of the clip the decode stage makes of that file
+    # every token row is the model's encoding of the clip the decode stage makes of that
+    # file, and names the file by its path under INPUT
     table = load_token_shards(out)
+    assert table.schema.equals(BULK_TOKEN_SCHEMA)
+    assert all(pq.read_schema(p).equals(BULK_TOKEN_SCHEMA) for p in token_shard_paths(out))
     model = MagvitTokenizer.from_pretrained(tokenizer).eval()
     expected = []
-    for name in ("a.mp4", "b.mp4", "c.png", "e.png"):
+    for name in ("a.mp4", "clips/b.mp4", "stills/c.png", "stills/more/e.png"):
         path = (media / name).resolve()
         entry = ManifestEntry(str(path), video_id_for(path, media.resolve()), None, "train")
         for clip in clips_from_entry(entry, clip_spec(PARAMS.decode)).table.to_pylist():
             tokens = model.encode(torch.from_numpy(clip_frames(clip).copy())[None])
-            expected.append((clip["clip_id"], "train", None, tokens.flatten().tolist()))
-    rows = table.select(["clip_id", "split", "label", "tokens"]).to_pylist()
+            expected.append((clip["clip_id"], "train", None, tokens.flatten().tolist(), name))
+    rows = table.select(["clip_id", "split", "label", "tokens", "source_path"]).to_pylist()
     assert [tuple(r.values()) for r in rows] == expected
     assert summary["clips"] == len(expected) > 5
 
@@ -164,5 +169,6 @@ def test_clip_shards_keep_their_split(corpus, ray_local, tmp_path):
     assert table["clip_id"].to_pylist() == [r["clip_id"] for r in rows]
     assert table["split"].to_pylist() == [r["split"] for r in rows]
     assert table["label"].to_pylist() == [r["label"] for r in rows]
+    assert table["source_path"].to_pylist() == [r["source"] for r in rows]
     for split in ("train", "val", "test"):
         assert set(load_token_shards(tmp_path / "tokens", split)["split"].to_pylist()) == {split}

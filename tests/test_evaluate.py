@@ -12,6 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from magvit.evaluation.domain_features import class_accuracy, domain_outputs
 from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
+from magvit.evaluation.pictures import LABEL_WIDTH
 from magvit.media.synthetic import ShapeVideoSpec, render_shape_video
 from magvit.params import DomainClassifierParams, EvaluateParams
 from models.domain_classifier import DomainClassifier, DomainClassifierConfig
@@ -135,8 +136,10 @@ def eval_workspace(in_tmp, monkeypatch):
 def test_evaluate_stage_writes_metrics_plots_samples_and_mlflow_run(eval_workspace):
     root, client = eval_workspace
     models = {n: root / "artifacts" / n for n in ("tokenizer", "mlm", "domain_classifier")}
+    classes = root / "classes.json"
+    classes.write_text(json.dumps([f"shape{i}" for i in range(7)]))  # one short: class7
     metrics = evaluate.run(
-        "params.yaml", root / "data" / "clips", models, root / "artifacts" / "eval"
+        "params.yaml", root / "data" / "clips", models, root / "artifacts" / "eval", classes
     )
 
     saved = json.loads((root / "artifacts/eval/metrics.json").read_text())
@@ -172,6 +175,23 @@ def test_evaluate_stage_writes_metrics_plots_samples_and_mlflow_run(eval_workspa
     generation = metrics["generation"]
     assert generation["class_conditional"]["samples"] == 8
     assert 0 <= generation["class_conditional"]["class_accuracy"] <= 1
+    # the judge's accuracy on real clips and on reconstructions, beside the samples'
+    judge = {k: generation["class_conditional"][f"class_accuracy_{k}"] for k in
+             ("real_clips", "reconstructions")}  # fmt: skip
+    assert judge == {
+        "real_clips": synthetic["class_accuracy_original"],
+        "reconstructions": synthetic["class_accuracy_reconstruction"],
+    }
+    frame_prediction = generation["frame_prediction"]
+    copies = ("copy_last_condition_frame", "copy_last_condition_tokens", "reconstruction")
+    baselines = [f"future_psnr_{k}" for k in copies]
+    assert all(frame_prediction[k] > 0 for k in baselines)
+    assert len({frame_prediction[k] for k in [*baselines, "future_psnr"]}) == 4
+    # one row per class, 32 px high: a name column, then frames 0 and 4 of the 5-frame sample
+    grid = np.asarray(Image.open(root / "artifacts/eval/samples/class_conditional.png"))
+    assert grid.shape == (8 * 32, LABEL_WIDTH + 2 * 32 + 2, 3)
+    for row in range(8):  # every row's name column holds dark text pixels
+        assert (grid[row * 32 : (row + 1) * 32, :LABEL_WIDTH] < 100).any()
     assert generation["real_floor"]["fvd_domain"] >= 0
     assert generation["frame_prediction"]["clips"] == 2
     assert "fvd" not in generation["class_conditional"]

@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from magvit.evaluation.baselines import copy_last_condition_frame, copy_neighbour_tokens
+from magvit.training.mlm_loop import masked_token_metrics
 from models.mlm import (
     MASK_ID,
     MaskedTokenTransformer,
@@ -217,6 +219,33 @@ def test_training_lowers_the_masked_token_loss():
     after = eval_loss()
     print(f"masked-token loss before {before:.3f} after {after:.3f}")
     assert after < 0.5 * before
+
+    # the held-out report: the label is used, and the model beats copying across frames
+    report = masked_token_metrics(model, eval_tokens, eval_labels, 16, seed=0)
+    print(report)
+    assert report["val/label_loss_true"] < report["val/label_loss_wrong"] - 0.5
+    assert report["val/label_loss_true"] < report["val/label_loss_none"]
+    for name in ("masked_10", "masked_50", "masked_90", "frame_prediction"):
+        assert report[f"val/{name}_accuracy"] > report[f"val/{name}_copy_accuracy"], name
+    assert model.training  # the report leaves the model as it found it
+
+
+def test_masked_token_report_copy_baselines_are_the_copy_functions():
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer(TINY)
+    tokens = torch.randint(0, 4, (16, 48))  # few values: copying is often right
+    labels = torch.arange(16) % 5  # 4 = no label
+    report = masked_token_metrics(model, tokens, labels, condition_tokens=16, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    mask_tokens(tokens, generator)  # the report's first draw: the training-style mask
+    ratio = torch.full((16,), 2 / math.pi * math.acos(0.1))
+    _, mask = mask_tokens(tokens, generator, ratios=ratio)
+    expected = (copy_neighbour_tokens(tokens, mask, TINY.grid) == tokens)[mask].float().mean()
+    assert report["val/masked_10_copy_accuracy"] == pytest.approx(float(expected))
+    assert int(mask.sum()) == 16 * math.ceil(0.1 * 48)
+    copied = copy_last_condition_frame(tokens, 1, TINY.grid)
+    future = (copied == tokens)[:, 16:].float().mean()
+    assert report["val/frame_prediction_copy_accuracy"] == pytest.approx(float(future))
 
 
 def test_save_and_from_pretrained_round_trip(tmp_path):

@@ -149,6 +149,12 @@ def test_validate_tokens_passes_good_shards(tokenized, tmp_path):
     )
     assert result.success and result.failures == []
     assert (tmp_path / "out" / "tokens.json").is_file() and result.docs_index.is_file()
+    again = validate_tokens(
+        root / "tokens", root / "clips", tmp_path / "again.json", tmp_path / "again_docs"
+    )
+    saved = result.results_path.read_bytes()
+    assert again.results_path.read_bytes() == saved  # a DVC dep: a rerun keeps its hash
+    assert b"run_id" not in saved and str(tmp_path).encode() not in saved
 
 
 def test_validate_tokens_fails_a_broken_shard_with_a_readable_summary(tokenized, tmp_path):

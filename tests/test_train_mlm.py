@@ -122,4 +122,6 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
         [MAGVIT, "generate", "--class-id", "99", "x.gif"], cwd=workspace, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
-    assert bad.returncode != 0 and "class id must lie in [0, 8)" in bad.stderr
+    assert bad.returncode == 2 and "--class-id 99 is out of range; this model has classes 0-7" in (
+        bad.stderr
+    )

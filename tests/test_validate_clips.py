@@ -8,7 +8,7 @@ from magvit.formats.clip_shards import CLIP_SCHEMA
 from magvit.formats.files import write_table_atomic
 from magvit.params import ValidateClipsParams
 from magvit.runtime.gx_suite import ValidationFailed
-from stages.validate_clips import validate_clips
+from stages.validate_clips import clip_expectations, validate_clips
 
 PARAMS = ValidateClipsParams(min_pixel_std=1.0, num_classes=8)
 
@@ -87,6 +87,48 @@ def test_missing_split_and_wrong_schema_fail(tmp_path):
     message = str(error.value)
     assert "expect_column_distinct_values_to_contain_set {'column': 'split'" in message
     assert "'column': 'schema_matches'" in message
+
+
+def validate_into(clips_dir, out_dir) -> bytes:
+    """Validate, passing or not, and return the bytes of the results JSON."""
+    try:
+        validate_clips(clips_dir, PARAMS, out_dir / "clips.json", out_dir / "clips_docs")
+    except ValidationFailed:
+        pass
+    return (out_dir / "clips.json").read_bytes()
+
+
+RUN_DEPENDENT = ("run_id", "run_time", "validation_time", "ge_load_time", "exception_traceback")
+
+
+def test_results_json_is_byte_identical_for_the_same_data(tmp_path):
+    """The results JSON is a DVC dep of training: a rerun must not change its hash."""
+    write_split_shards(tmp_path / "clips", good_rows())
+    first = validate_into(tmp_path / "clips", tmp_path / "first")
+    second = validate_into(tmp_path / "clips", tmp_path / "second")
+    assert first == second
+    text = first.decode()
+    assert str(tmp_path) not in text
+    assert not [key for key in RUN_DEPENDENT if f'"{key}"' in text]
+    saved = json.loads(text)
+    assert saved["success"] is True
+    assert [r["expectation_config"]["type"] for r in saved["results"]] == [
+        e.expectation_type for e in clip_expectations(PARAMS)
+    ]  # in the suite's order, not GX's metric order
+    assert all("id" not in r["expectation_config"] for r in saved["results"])
+
+
+def test_results_json_of_bad_data_is_identical_and_records_the_failures(tmp_path):
+    rows = good_rows()
+    rows[1]["clip_id"] = rows[0]["clip_id"]  # duplicate id
+    rows[4]["label"] = 12  # out of range for 8 classes
+    write_split_shards(tmp_path / "clips", rows)
+    first = validate_into(tmp_path / "clips", tmp_path / "first")
+    assert first == validate_into(tmp_path / "clips", tmp_path / "second")
+    saved = json.loads(first)
+    failed = [r["expectation_config"]["kwargs"] for r in saved["results"] if not r["success"]]
+    assert saved["success"] is False and saved["statistics"]["unsuccessful_expectations"] == 2
+    assert [kwargs.get("column") for kwargs in failed] == ["clip_id", "label"]
 
 
 def test_no_shards_is_a_clear_failure(tmp_path):

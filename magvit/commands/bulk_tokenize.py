@@ -5,6 +5,8 @@ INPUT is a folder or glob of video/image files, or a folder of clip shards
 of `--files-per-shard` files; each chunk streams through Ray Data (decode with the `decode`
 params -> the tokenizer actor pool of the `tokenize` stage) and becomes one token shard,
 `OUTPUT/<split>/part-<chunk>.parquet` (split `train` for plain files), written atomically.
+Each token row names its input in `source_path`: the file's path relative to INPUT (for clip
+shards, the clip's own `source`), so `magvit detokenize` can name its output after it.
 Files that cannot be decoded or tokenized go to `OUTPUT/rejects/part-<chunk>.parquet`.
 
 Run it again after an interruption and it does only the chunks whose shard is missing.
@@ -119,6 +121,15 @@ def media_dataset(chunks: list[Chunk], root: Path, spec: ClipSpec) -> ray.data.D
     )
 
 
+def source_paths(kind: str, inputs: list[Path], root: Path) -> dict[str, str]:
+    """Media inputs: each file's row `source` (its resolved path) -> its path relative to
+    INPUT, POSIX style (find_media's files all lie under root as written). Clip shard rows
+    need no entry: their source path is their own `source`."""
+    if kind == "clips":
+        return {}
+    return {str(path.resolve()): path.relative_to(root).as_posix() for path in inputs}
+
+
 def prepare_output(output: Path, manifest: TokenManifest) -> None:
     """Refuse an OUTPUT made by another tokenizer or chunking; clear partial files; (re)start."""
     if (output / MANIFEST_FILE).exists():
@@ -184,7 +195,7 @@ def run_bulk(
         else:
             clips = media_dataset(pending, root, clip_spec(params.decode))
         results = tokenize_dataset(clips, read_checkpoint(model_dir), params.tokenize)
-        counts = write_chunks(results, pending, output)
+        counts = write_chunks(results, pending, output, source_paths(kind, inputs, root))
     remaining = sum(not chunk.shard(output).exists() for chunk in chunks)
     if not remaining:
         write_token_manifest(completed_manifest(manifest, output), output)

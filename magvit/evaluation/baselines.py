@@ -1,14 +1,17 @@
-"""Trivial predictors of held-out clips: the scale on which a tokenizer's PSNR reads.
+"""Trivial predictors of held-out clips and tokens: the scale on which a tokenizer's PSNR and
+a masked model's token accuracy read.
 
-Each predictor maps uint8 clips [N, T, H, W, 3] to uint8 clips of the same shape in which
-groups of pixels are replaced by their mean colour. `token_footprint_mean` is one flat,
+Each pixel predictor maps uint8 clips [N, T, H, W, 3] to uint8 clips of the same shape in
+which groups of pixels are replaced by their mean colour. `token_footprint_mean` is one flat,
 exact colour per token footprint: a reference, not a bound (a token holds `bits` bits, a
-colour 24).
+colour 24). The token baselines copy tokens from neighbouring latent frames.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from einops import rearrange
 
 from models.recon_metrics import psnr
 
@@ -84,3 +87,30 @@ def baseline_psnrs(
         "block_mean_4x4": block_means(clips, 4),
     }
     return {name: psnr(clips, predicted) for name, predicted in predictions.items()}
+
+
+def copy_neighbour_tokens(tokens: torch.Tensor, mask: torch.Tensor, grid) -> torch.Tensor:
+    """The masked-token baseline: each masked token guessed as the token at the same (h, w) in
+    the nearest latent frame where that position is visible (the earlier frame on a tie), -1
+    where no frame shows it. tokens int64 [B, N] and mask bool [B, N] in raster order
+    (t, h, w) of `grid`."""
+    t, h, w = grid
+    frames = rearrange(tokens, "b (t h w) -> b t h w", t=t, h=h, w=w)
+    hidden = rearrange(mask, "b (t h w) -> b t h w", t=t, h=h, w=w)
+    guess = torch.full_like(frames, -1)
+    for target in range(t):
+        for source in sorted(range(t), key=lambda s: (abs(s - target), s)):
+            if source == target:
+                continue
+            fill = (guess[:, target] < 0) & ~hidden[:, source]
+            guess[:, target] = torch.where(fill, frames[:, source], guess[:, target])
+    return torch.where(mask, rearrange(guess, "b t h w -> b (t h w)"), tokens)
+
+
+def copy_last_condition_frame(tokens: torch.Tensor, condition_frames: int, grid) -> torch.Tensor:
+    """The frame-prediction baseline: the last condition latent frame repeated over the rest.
+    tokens int64 [B, N] in raster order (t, h, w) of `grid`."""
+    t, h, w = grid
+    frames = rearrange(tokens, "b (t h w) -> b t h w", t=t, h=h, w=w).clone()
+    frames[:, condition_frames:] = frames[:, condition_frames - 1 : condition_frames]
+    return rearrange(frames, "b t h w -> b (t h w)")

@@ -24,5 +24,8 @@ def domain_outputs(
     return np.concatenate(features), np.concatenate(predictions)
 
 
-def class_accuracy(model: DomainClassifier, videos: np.ndarray, labels: np.ndarray) -> float:
-    return float((domain_outputs(model, videos)[1] == labels).mean())
+def class_accuracy(
+    model: DomainClassifier, videos: np.ndarray, labels: np.ndarray, batch_size: int = 32
+) -> float:
+    """Fraction of uint8 videos [N, T, H, W, 3] whose predicted class is their label [N]."""
+    return float((domain_outputs(model, videos, batch_size)[1] == labels).mean())

@@ -1,14 +1,16 @@
-"""Pictures of reconstructions: originals above reconstructions, clips of any kind in one
-image."""
+"""Pictures a reader judges models by: reconstructions (originals above reconstructions,
+clips of any kind in one image) and generated samples labelled by class."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 PAD_GREY = 128  # fills rows shorter than the widest (images beside videos)
 SEPARATOR = 255  # the line between clips
+LABEL_WIDTH = 128  # pixels of the class-name column of sample grids
 
 
 def frame_row(clip: np.ndarray) -> np.ndarray:
@@ -39,3 +41,30 @@ def reconstruction_grid(
             blocks.append(line)
         blocks += [padded(original, width), padded(recon, width)]
     return np.concatenate(blocks, axis=0)
+
+
+def label_strip(text: str, height: int, width: int = LABEL_WIDTH) -> np.ndarray:
+    """uint8 [height, width, 3]: `text` in black on white, at the left edge."""
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((4, height // 2 - 6), text, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def sample_grid(
+    samples: np.ndarray, names: Sequence[str], frames: Sequence[int] = (0, 4, 8)
+) -> np.ndarray:
+    """One uint8 image of generated clips, uint8 [C, S, T, H, W, 3] (S samples of each of C
+    classes): a row per class headed by its name, each sample drawn as the frames `frames`
+    (those that exist) side by side, samples separated by white columns."""
+    if len(samples) != len(names):
+        raise ValueError(f"{len(samples)} classes of samples but {len(names)} names")
+    shown = [f for f in frames if f < samples.shape[2]]
+    rows = []
+    for name, clips in zip(names, samples, strict=True):
+        height = clips.shape[2]
+        gap = np.full((height, 2, 3), SEPARATOR, dtype=np.uint8)
+        row = [label_strip(name, height)]
+        for clip in clips:
+            row += [frame_row(clip[shown]), gap]
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)

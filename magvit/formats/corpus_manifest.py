@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,9 @@ def _glob_root(pattern: str) -> str:
             break
         fixed.append(part)
     return str(Path(*fixed)) if fixed else "."
+
+
+def class_names(classes_json: Path, count: int) -> list[str]:
+    """Names of the corpus's classes (the corpus stage's classes.json), `classN` past them."""
+    names = json.loads(classes_json.read_text()) if classes_json.is_file() else []
+    return [names[i] if i < len(names) else f"class{i}" for i in range(count)]

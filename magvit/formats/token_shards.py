@@ -1,9 +1,10 @@
 """Token shards on disk: the Parquet schema (docs/contracts.md), the manifest, the reader.
 
-A token folder holds `<split>/part-*.parquet` (TOKEN_SCHEMA) and `manifest.json`, which names
-the tokenizer that made the tokens (a fingerprint of its files), its vocabulary, the token
-factorisation the MLM uses, the clip and grid shapes and the counts per split. Downstream code
-reads tokens with `load_token_shards`, which checks all of that against the shards.
+A token folder holds `<split>/part-*.parquet` (TOKEN_SCHEMA; BULK_TOKEN_SCHEMA from bulk
+runs) and `manifest.json`, which names the tokenizer that made the tokens (a fingerprint of
+its files), its vocabulary, the token factorisation the MLM uses, the clip and grid shapes and
+the counts per split. Downstream code reads tokens with `load_token_shards`, which checks
+all of that against the shards.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ TOKEN_SCHEMA = pa.schema(
         ("tokens", pa.list_(pa.int32())),  # raster order (t, h, w)
     ]
 )
+# bulk runs (`magvit tokenize`) add where each row came from: the input file's path relative
+# to INPUT, POSIX style (for clip shard inputs, the clip's own `source`); the DVC stage's
+# shards keep TOKEN_SCHEMA
+BULK_TOKEN_SCHEMA = TOKEN_SCHEMA.append(pa.field("source_path", pa.string()))
+SHARD_SCHEMAS = (TOKEN_SCHEMA, BULK_TOKEN_SCHEMA)
 
 
 class TokenShardError(ValueError):
@@ -167,8 +173,10 @@ def read_token_manifest(tokens_dir: str | Path) -> TokenManifest:
 def load_token_shards(tokens_dir: str | Path, split: str | None = None) -> pa.Table:
     """All token rows of a finished token folder (one split or all), in shard order.
 
-    Raises TokenShardError when the folder is incomplete, a shard's schema is not
-    TOKEN_SCHEMA, or the row counts disagree with the manifest.
+    The table has BULK_TOKEN_SCHEMA when any shard has a `source_path` column (null in
+    shards written without one, e.g. before a bulk job was resumed), else TOKEN_SCHEMA.
+    Raises TokenShardError when the folder is incomplete, a shard's schema is neither, or
+    the row counts disagree with the manifest.
     """
     manifest = read_token_manifest(tokens_dir)
     if not manifest.complete:
@@ -176,11 +184,13 @@ def load_token_shards(tokens_dir: str | Path, split: str | None = None) -> pa.Ta
             f"{tokens_dir} is incomplete (an interrupted job): run it again to finish"
         )
     paths = token_shard_paths(tokens_dir, split)
-    for path in paths:
-        schema = pq.read_schema(path)
-        if not schema.equals(TOKEN_SCHEMA):
+    schemas = [pq.read_schema(path) for path in paths]
+    for path, schema in zip(paths, schemas, strict=True):
+        if not any(schema.equals(known) for known in SHARD_SCHEMAS):
             raise TokenShardError(f"{path}: schema {schema} is not the token shard schema")
-    table = pq.read_table(paths, schema=TOKEN_SCHEMA) if paths else TOKEN_SCHEMA.empty_table()
+    bulk = any(schema.equals(BULK_TOKEN_SCHEMA) for schema in schemas)
+    schema = BULK_TOKEN_SCHEMA if bulk else TOKEN_SCHEMA
+    table = pq.read_table(paths, schema=schema) if paths else schema.empty_table()
     counts = Counter(table["split"].to_pylist())
     expected = {s: n for s, n in manifest.counts.items() if split in (None, s) and n}
     if dict(counts) != expected:

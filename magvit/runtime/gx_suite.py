@@ -3,6 +3,11 @@
 Shared by the validation stages: each defines its expectations; this module runs them in an
 ephemeral GX context, writes `<out_dir>/<name>.json` and Data Docs HTML under
 `<out_dir>/<name>_docs/`, and raises `ValidationFailed` with a readable summary.
+
+The results JSON is a DVC dependency of the training stages, so it holds only what follows
+from the data and the expectations: the same data and params give a byte-identical file.
+GX's run-dependent fields (run id and time, validation and checkpoint ids, load time,
+expectation ids, exception tracebacks) are left out of it; the Data Docs keep them.
 """
 
 from __future__ import annotations
@@ -12,10 +17,15 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from magvit.errors import UserInputError
+
+if TYPE_CHECKING:  # great_expectations is slow to import: only run_suite imports it
+    from great_expectations import ExpectationSuite
+    from great_expectations.core import ExpectationSuiteValidationResult
 
 log = logging.getLogger("gx_suite")
 
@@ -44,6 +54,56 @@ def _describe_failure(result) -> str:
     if "partial_unexpected_list" in seen:
         seen["partial_unexpected_list"] = [str(v)[:60] for v in seen["partial_unexpected_list"][:5]]
     return f"{config.type} {kwargs} -> {seen}"
+
+
+# Fields of a validation's `meta` that follow from the data and the suite alone.
+STABLE_META = ("great_expectations_version", "batch_spec", "active_batch_definition")
+
+
+def _stable_meta(meta: dict) -> dict:
+    stable = {key: meta[key] for key in STABLE_META if key in meta}
+    fingerprint = meta.get("batch_markers", {}).get("pandas_data_fingerprint")
+    if fingerprint is not None:
+        stable["batch_markers"] = {"pandas_data_fingerprint": fingerprint}
+    return stable
+
+
+def _stable_result(result: dict) -> dict:
+    """One expectation's result without its random id and tracebacks (absolute paths)."""
+    config = {k: v for k, v in result["expectation_config"].items() if k != "id"}
+    exception = _without_tracebacks(result.get("exception_info") or {})
+    return {**result, "expectation_config": config, "exception_info": exception}
+
+
+def _without_tracebacks(info: dict) -> dict:
+    """`exception_info` is flat or keyed by metric; either way drop each traceback."""
+    return {
+        key: _without_tracebacks(value) if isinstance(value, dict) else value
+        for key, value in info.items()
+        if key != "exception_traceback"
+    }
+
+
+def stable_results(validation: ExpectationSuiteValidationResult, suite: ExpectationSuite) -> dict:
+    """The validation as a JSON dict that depends only on the data and the suite.
+
+    Results follow the suite's order: GX returns them in the order its metrics resolved.
+    """
+    as_json = validation.to_json_dict()
+    position = _suite_positions(suite)
+    results = sorted(as_json["results"], key=lambda r: position[r["expectation_config"]["id"]])
+    return {
+        "success": as_json["success"],
+        "suite_name": as_json["suite_name"],
+        "suite_parameters": as_json["suite_parameters"],
+        "statistics": as_json["statistics"],
+        "results": [_stable_result(result) for result in results],
+        "meta": _stable_meta(as_json["meta"]),
+    }
+
+
+def _suite_positions(suite: ExpectationSuite) -> dict[str, int]:
+    return {expectation.id: index for index, expectation in enumerate(suite.expectations)}
 
 
 def run_suite(
@@ -95,9 +155,12 @@ def run_suite(
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
     (validation,) = outcome.run_results.values()
-    failures = [_describe_failure(r) for r in validation.results if not r.success]
+    position = _suite_positions(suite)
+    in_order = sorted(validation.results, key=lambda r: position[r.expectation_config.id])
+    failures = [_describe_failure(r) for r in in_order if not r.success]
 
-    results_path.write_text(json.dumps(validation.to_json_dict(), indent=2, default=str) + "\n")
+    results = stable_results(validation, suite)
+    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     stats = validation.statistics
     log.info(
         "%s: %d/%d expectations passed; results %s, docs %s/index.html",

@@ -3,6 +3,11 @@
 Tracking URI: MLFLOW_TRACKING_URI, else `sqlite:///<repo>/mlflow.db`; artifacts of new
 experiments go to `<repo>/mlartifacts/`. Only one process writes (the driver or rank 0):
 SQLite locks with parallel writers.
+
+That artifact location is stored as an absolute path, so a moved clone's runs lose their
+artifacts: MLflow makes any relative local location absolute when it creates the
+experiment, and its one relative scheme, `mlflow-artifacts:`, needs an HTTP tracking
+server for every writer, while the stages log straight into SQLite.
 """
 
 from __future__ import annotations

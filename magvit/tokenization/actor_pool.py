@@ -34,6 +34,7 @@ from tqdm import tqdm
 from magvit.formats.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths
 from magvit.formats.files import write_table_atomic
 from magvit.formats.token_shards import (
+    BULK_TOKEN_SCHEMA,
     TOKEN_SCHEMA,
     TokenManifest,
     completed_manifest,
@@ -295,14 +296,22 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
 
 
-def write_chunk(table: pa.Table, chunk: Chunk, out_dir: Path) -> tuple[int, int]:
+def write_chunk(
+    table: pa.Table, chunk: Chunk, out_dir: Path, source_paths: dict[str, str] | None = None
+) -> tuple[int, int]:
     """Write a chunk's rejects (if any), then its token shard (the mark of a finished chunk).
 
-    Returns (clips, rejects).
+    With `source_paths` (bulk jobs) each token row also gets `source_path`: its `source`
+    looked up there, or the `source` itself (BULK_TOKEN_SCHEMA). Returns (clips, rejects).
     """
     failed = pc.is_valid(table["error_type"])
     rejects = table.filter(failed).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
-    tokens = table.filter(pc.invert(failed)).select(TOKEN_SCHEMA.names).cast(TOKEN_SCHEMA)
+    tokens, schema = table.filter(pc.invert(failed)), TOKEN_SCHEMA
+    if source_paths is not None:
+        paths = [source_paths.get(source, source) for source in tokens["source"].to_pylist()]
+        tokens = tokens.append_column("source_path", pa.array(paths, pa.string()))
+        schema = BULK_TOKEN_SCHEMA
+    tokens = tokens.select(schema.names).cast(schema)
     wrong_split = set(tokens["split"].to_pylist()) - {chunk.split}
     if wrong_split:
         raise RuntimeError(f"chunk {chunk.index} ({chunk.split}) holds rows of {wrong_split}")
@@ -312,14 +321,20 @@ def write_chunk(table: pa.Table, chunk: Chunk, out_dir: Path) -> tuple[int, int]
     return tokens.num_rows, rejects.num_rows
 
 
-def write_chunks(results: ray.data.Dataset, chunks: list[Chunk], out_dir: Path) -> dict:
-    """Drive the dataset and write each chunk as it completes; returns clip/reject counts."""
+def write_chunks(
+    results: ray.data.Dataset,
+    chunks: list[Chunk],
+    out_dir: Path,
+    source_paths: dict[str, str] | None = None,
+) -> dict:
+    """Drive the dataset and write each chunk as it completes (write_chunk); returns
+    clip/reject counts."""
     counts = {"chunks": 0, "clips": 0, "rejects": 0}
     batches = results.iter_batches(batch_size=None, batch_format="pyarrow")
     tables = zip(chunks, rows_by_chunk(batches, chunks), strict=True)
     progress = tqdm(tables, total=len(chunks), unit="shard")
     for chunk, table in progress:
-        clips, rejects = write_chunk(table, chunk, out_dir)
+        clips, rejects = write_chunk(table, chunk, out_dir, source_paths)
         for reject in table.filter(pc.is_valid(table["error_type"])).to_pylist():
             log.warning("rejected %s: %s", reject["source"], reject["message"])
         counts["chunks"] += 1

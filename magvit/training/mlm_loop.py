@@ -9,6 +9,7 @@ cross-entropies on the masked positions.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from magvit.evaluation.baselines import copy_last_condition_frame, copy_neighbour_tokens
 from magvit.params import TrainMLMParams
 from magvit.training.ray_harness import (
     LoopConfig,
@@ -69,6 +71,16 @@ def mixed_task_batch(
     return torch.cat(inputs), torch.cat(task_labels), torch.cat(masks)
 
 
+MASKED_FRACTIONS = (0.1, 0.5, 0.9)  # held-out masking fractions reported beside the baseline
+
+
+def wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator):
+    """Each real label replaced by another class drawn uniformly; no-label rows kept."""
+    shift = torch.randint(1, max(2, num_classes), labels.shape, generator=generator)
+    shifted = (labels + shift.to(labels.device)) % max(1, num_classes)
+    return torch.where(labels < num_classes, shifted, labels)
+
+
 @torch.no_grad()
 def masked_token_metrics(
     model: MaskedTokenTransformer,
@@ -77,16 +89,43 @@ def masked_token_metrics(
     condition_tokens: int,
     seed: int,
 ) -> dict[str, float]:
-    """Masked-token loss / accuracy on held-out grids with a fixed masking draw."""
+    """Held-out masked-token loss and accuracy with fixed masking draws, beside baselines:
+    - class task: a cosine-drawn mask (the training objective), and masks of each of
+      MASKED_FRACTIONS beside copy_neighbour_tokens;
+    - the label's effect: loss at half masked with the true label, no label, a wrong label;
+    - frame prediction: every token after the condition masked, beside copying the last
+      condition frame forward."""
     model.eval()
+    cfg = model.config
     generator = torch.Generator(tokens.device).manual_seed(seed)
-    results = {}
-    for task, condition in (("class", 0), ("frame_prediction", condition_tokens)):
-        masked, mask = mask_tokens(tokens, generator, condition)
-        task_labels = labels if task == "class" else torch.full_like(labels, model.no_label_id)
+    no_label = torch.full_like(labels, model.no_label_id)
+
+    def scores(masked, mask, task_labels, prefix: str, baseline=None) -> dict[str, float]:
         logits = model(masked, task_labels)
-        results[f"val/{task}_loss"] = float(masked_token_loss(logits, tokens, mask))
-        results[f"val/{task}_accuracy"] = float(masked_token_accuracy(logits, tokens, mask))
+        out = {
+            f"val/{prefix}_loss": float(masked_token_loss(logits, tokens, mask)),
+            f"val/{prefix}_accuracy": float(masked_token_accuracy(logits, tokens, mask)),
+        }
+        if baseline is not None:
+            out[f"val/{prefix}_copy_accuracy"] = float((baseline == tokens)[mask].float().mean())
+        return out
+
+    results = scores(*mask_tokens(tokens, generator), labels, "class")
+    for fraction in MASKED_FRACTIONS:
+        ratio = torch.full((len(tokens),), 2 / math.pi * math.acos(fraction))
+        masked, mask = mask_tokens(tokens, generator, ratios=ratio.to(tokens.device))
+        copied = copy_neighbour_tokens(tokens, mask, cfg.grid)
+        results |= scores(masked, mask, labels, f"masked_{round(100 * fraction)}", copied)
+        if fraction == 0.5:
+            wrong = wrong_labels(labels, cfg.num_classes, generator)
+            for name, given in (("true", labels), ("none", no_label), ("wrong", wrong)):
+                loss = masked_token_loss(model(masked, given), tokens, mask)
+                results[f"val/label_loss_{name}"] = float(loss)
+    zero = torch.zeros(len(tokens), device=tokens.device)  # ratio 0: all maskable masked
+    masked, mask = mask_tokens(tokens, generator, condition_tokens, ratios=zero)
+    frames = condition_tokens // (cfg.grid[1] * cfg.grid[2])
+    copied = copy_last_condition_frame(tokens, frames, cfg.grid)
+    results |= scores(masked, mask, no_label, "frame_prediction", copied)
     model.train()
     return results
 
