@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from magvit.cli import run_stage
+from magvit.errors import UserInputError
 from magvit.evaluation.baselines import (
     baseline_psnrs,
     colour_saturation,
@@ -354,18 +355,43 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def model_run_ids(model_dirs: dict[str, Path]) -> dict[str, str]:
+    """The MLflow run id each trained model recorded in its metrics.json ("" for none)."""
+    return {
+        name: json.loads((directory / "metrics.json").read_text()).get("mlflow_run_id", "")
+        for name, directory in model_dirs.items()
+    }
+
+
+def check_model_runs(run_ids: dict[str, str]) -> None:
+    """Stop before any work when a model's training run is not in this tracking store (models
+    copied from another clone, another MLFLOW_TRACKING_URI): its eval metrics have nowhere
+    to go."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    for name, run_id in run_ids.items():
+        if not run_id:
+            continue
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise UserInputError(
+                f"the {name}'s MLflow run {run_id} (in its metrics.json) is not in the "
+                f"tracking store {tracking_uri()}; set MLFLOW_TRACKING_URI to the store it "
+                "was trained with, or retrain it"
+            ) from None
+
+
 def record_in_mlflow(
-    metrics: dict, skipped: dict, params: Params, model_dirs: dict[str, Path], out_dir: Path
+    metrics: dict, skipped: dict, params: Params, run_ids: dict[str, str], out_dir: Path
 ) -> str:
     """One evaluation run, linked to the model runs; the model runs get `eval/*` metrics."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
-    sources = {
-        name: json.loads((directory / "metrics.json").read_text())
-        for name, directory in model_dirs.items()
-    }
-    tags = {f"{name}_run_id": m.get("mlflow_run_id", "") for name, m in sources.items()}
+    tags = {f"{name}_run_id": run_id for name, run_id in run_ids.items()}
     tags |= {f"skipped/{k}": v for k, v in skipped.items()}
     run = client.create_run(experiment_id(client, EXPERIMENT), run_name="evaluate", tags=tags)
     run_id = run.info.run_id
@@ -376,7 +402,7 @@ def record_in_mlflow(
     client.log_artifacts(run_id, str(out_dir))
     headline = {"tokenizer": ("reconstruction", "compression"), "mlm": ("generation",)}
     for name, sections in headline.items():
-        model_run = tags[f"{name}_run_id"]
+        model_run = run_ids[name]
         for key, value in flatten({s: metrics[s] for s in sections}, "eval/").items():
             if model_run:
                 client.log_metric(model_run, key, value)
@@ -396,6 +422,9 @@ def run(
     `classes_json`: the corpus's class names (labels of the sample pictures)."""
     params = load_params(params_path)
     evaluate = params.evaluate
+    run_ids = model_run_ids({k: model_dirs[k] for k in ("tokenizer", "mlm")})
+    if record:
+        check_model_runs(run_ids)
     torch.manual_seed(params.seed)
     tokenizer = MagvitTokenizer.from_pretrained(model_dirs["tokenizer"]).eval()
     mlm = MaskedTokenTransformer.from_pretrained(model_dirs["mlm"]).eval()
@@ -441,8 +470,7 @@ def run(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
     if record:
-        trained = {k: model_dirs[k] for k in ("tokenizer", "mlm")}
-        run_id = record_in_mlflow(metrics, nets.skipped, params, trained, out_dir)
+        run_id = record_in_mlflow(metrics, nets.skipped, params, run_ids, out_dir)
         log.info("evaluation recorded in MLflow run %s", run_id)
     return metrics
 

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from magvit.errors import UserInputError
 from magvit.evaluation.domain_features import class_accuracy, domain_outputs
 from magvit.evaluation.feature_nets import FeatureNets, load_feature_nets
 from magvit.evaluation.pictures import LABEL_WIDTH
@@ -95,6 +96,19 @@ def test_standard_metrics_are_skipped_with_reasons_when_weights_are_absent(tmp_p
     (tmp_path / "bad.pth").write_text("not weights")
     with pytest.raises(ValueError, match="bad.pth"):  # present but wrong: an error, not a skip
         load_feature_nets(EvaluateParams(i3d_weights=str(tmp_path / "bad.pth")), tmp_path / "dc")
+
+
+def test_models_from_another_tracking_store_stop_evaluate_before_any_work(eval_workspace):
+    root, _ = eval_workspace
+    models = {n: root / "artifacts" / n for n in ("tokenizer", "mlm", "domain_classifier")}
+    mlm_metrics = root / "artifacts" / "mlm" / "metrics.json"
+    mlm_metrics.write_text(json.dumps({"mlflow_run_id": "0123456789abcdef0123456789abcdef"}))
+    with pytest.raises(UserInputError, match="mlm's MLflow run 0123456789abcdef0123"):
+        evaluate.run(
+            "params.yaml", root / "data" / "clips", models, root / "artifacts" / "eval",
+            root / "classes.json",
+        )  # fmt: skip
+    assert not (root / "artifacts" / "eval").exists()  # stopped before evaluating anything
 
 
 @pytest.fixture
