@@ -25,7 +25,7 @@ install-dev: $(VENV)/.installed-dev
 ## repro: install, then run the DVC pipeline end to end on the embedded corpus
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	$(BIN)/python -m magvit.summary
 
 ## test: install with dev extras, then run the test suite
 test: install-dev
