@@ -29,7 +29,7 @@ repro: install
 
 ## test: install with dev extras, then run the test suite
 test: install-dev
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --durations=25
 
 ## serve: start a local Prefect server (unless PREFECT_API_URL is set) and serve the flows
 serve: install
