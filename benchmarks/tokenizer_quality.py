@@ -80,7 +80,9 @@ def run_variant(params: Params, clips_dir: Path, steps: int, eval_every: int, th
     for step in range(steps):
         image_step = len(images) and p.image_every and step % p.image_every == p.image_every - 1
         frames = next(image_batches if image_step else video_batches)
-        x = to_model_input(augment(frames, augmentations) if p.augment else frames)
+        if p.augment:
+            frames = augment(frames, augmentations, p.augment_max_zoom)
+        x = to_model_input(frames)
         started = time.process_time()
         models.generator.train()
         train_step(models, models.generator, models.discriminator, x, step, p)

@@ -108,6 +108,8 @@ class RayTrainParams(_Strict):
     cpus_per_worker: Annotated[float, Field(gt=0, le=256)] = 1
     max_failures: Annotated[int, Field(ge=-1)] = 2  # worker failures retried (-1: forever)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    # rows each worker shuffles over per epoch; at least its shard is a full shuffle
+    shuffle_buffer: Annotated[int, Field(ge=1)] = 4096
 
 
 class RayParams(_Strict):
@@ -149,6 +151,7 @@ class TrainTokenizerParams(_Strict):
     # the few stills: many more distinct images for the spatial code that all frames share
     frames_as_images: bool = True
     augment: bool = True  # random horizontal flips and colour-channel orders of train clips
+    augment_max_zoom: Annotated[float, Field(ge=1, le=4)] = 1.0  # and random zooms up to this
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     warmup_steps: NonNegativeInt = 30
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1

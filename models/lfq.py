@@ -29,7 +29,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce
 
 _EPS = 1e-10  # floor for log(p) of averaged probabilities (softmax underflows at temperature 0.01)
 
@@ -100,9 +99,21 @@ def lfq_entropy(
             probs = (2 * z_group @ codes.t() / temperature).softmax(-1)  # [N, 2^g]
             avg_probs = probs.mean(0)  # [2^g]
             if across_workers:
-                avg_probs = all_reduce(avg_probs) / dist.get_world_size()
+                avg_probs = _global_mean(avg_probs)
             codebook = codebook - (avg_probs * avg_probs.clamp_min(_EPS).log()).sum()
     return per_token, codebook
+
+
+def _global_mean(local: Tensor) -> Tensor:
+    """The mean of `local` over all workers, with the gradient of this worker's share.
+
+    Every worker computes the same loss from the global mean, so after DDP averages the
+    gradients this equals differentiating through the all-reduce itself, without the
+    deprecated autograd collective.
+    """
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return local + (total / dist.get_world_size() - local).detach()
 
 
 def entropy_weight_at(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -40,8 +41,10 @@ class LeCamEMA(nn.Module):
 
     Call update(real, fake) each discriminator step, then add weight * penalty(real, fake) to
     the discriminator loss. The first update copies the means (no bias towards a zero init);
-    later ones do ema = decay * ema + (1 - decay) * mean. State lives in buffers, so it is saved
-    with the module's state_dict.
+    later ones do ema = decay * ema + (1 - decay) * mean. Under data-parallel training the
+    means are those of the global batch (averaged over workers), so every worker holds the
+    same EMAs, as one process would, and rank 0's checkpoint restores them all. State lives in
+    buffers, so it is saved with the module's state_dict.
     """
 
     def __init__(self, decay: float = 0.999):
@@ -54,8 +57,12 @@ class LeCamEMA(nn.Module):
     @torch.no_grad()
     def update(self, real_logits: Tensor, fake_logits: Tensor) -> None:
         decay = self.decay if self.num_updates > 0 else 0.0
-        self.ema_real.mul_(decay).add_((1 - decay) * real_logits.float().mean())
-        self.ema_fake.mul_(decay).add_((1 - decay) * fake_logits.float().mean())
+        means = torch.stack([real_logits.float().mean(), fake_logits.float().mean()])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(means)
+            means /= dist.get_world_size()
+        self.ema_real.mul_(decay).add_((1 - decay) * means[0])
+        self.ema_fake.mul_(decay).add_((1 - decay) * means[1])
         self.num_updates += 1
 
     def penalty(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:

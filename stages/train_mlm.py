@@ -2,7 +2,9 @@
 
 Reads the train token grids with Ray Data (split across Ray Train workers), trains with
 magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json + model.safetensors +
-metrics.json) and sample GIFs per class and for frame prediction in artifacts/mlm/samples/.
+metrics.json), sample GIFs per class and for frame prediction in artifacts/mlm/samples/, and
+the curves (DVC plots) as CSVs in one folder, each holding only the steps where its metrics
+were logged: train.csv (loss and accuracy), val.csv (accuracy at the evaluation steps).
 A killed run resumes from its last checkpoint when the stage is run again.
 """
 
@@ -25,9 +27,10 @@ from magvit.logs import configure_logging
 from magvit.media.video_encode import write_gif
 from magvit.params import Params, load_params
 from magvit.runtime.mlflow_models import MLMPyfunc
-from magvit.runtime.mlflow_tracking import mean_metric
+from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
 from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from magvit.training.mlm_loop import masked_token_metrics, to_token_tensors, train_loop
+from magvit.training.progress import ProgressSpec
 from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer
@@ -35,7 +38,12 @@ from models.tokenizer import MagvitTokenizer
 log = logging.getLogger("train_mlm")
 EXPERIMENT = "magvit2-mlm"
 REGISTERED_MODEL = "magvit2-mlm"
-CURVES = ("loss/masked_tokens", "train/masked_accuracy", "val/class_accuracy")
+TRAIN_CURVES = ("loss/masked_tokens", "train/masked_accuracy")  # at every log step
+VAL_CURVES = ("val/class_accuracy",)  # at the evaluation steps
+PROGRESS = ProgressSpec(
+    "train_mlm", "loss/masked_tokens",
+    {"loss": "loss/masked_tokens", "val acc": "val/class_accuracy"},
+)  # fmt: skip
 
 
 def model_config(params: Params, tokenizer: MagvitTokenizer):
@@ -101,7 +109,7 @@ def run(
     classes_json: Path,
     out_dir: Path,
     samples_dir: Path,
-    curves_csv: Path,
+    curves_dir: Path,
 ) -> dict:
     params = load_params(params_path)
     tokenizer = MagvitTokenizer.from_pretrained(tokenizer_dir).eval()
@@ -127,7 +135,7 @@ def run(
     }
     val = (val_tokens.numpy(), val_labels.numpy())
     loop = loop_config(run, train, config, params.seed, ray_train, val=val)
-    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key)
+    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key, PROGRESS)
 
     mlm = MaskedTokenTransformer(config)
     mlm.load_state_dict(state["model"])
@@ -142,10 +150,12 @@ def run(
     samples = write_samples(mlm, tokenizer, params, names, val_tokens, samples_dir)
     for path in samples.values():
         run.client.log_artifact(run.mlflow_run_id, str(path), "samples")
-    return finish_training(
-        run, mlm, out_dir, metrics, CURVES, curves_csv, MLMPyfunc(), REGISTERED_MODEL,
-        state["step"],
+    metrics = finish_training(
+        run, mlm, out_dir, metrics, TRAIN_CURVES, curves_dir / "train.csv", MLMPyfunc(),
+        REGISTERED_MODEL, state["step"],
     )  # fmt: skip
+    write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves_dir / "val.csv")
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", required=True, help="classes.json of the corpus")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--samples", required=True, help="folder for sample GIFs")
-    parser.add_argument("--curves", required=True, help="CSV of the training curves (DVC plots)")
+    parser.add_argument("--curves", required=True, help="folder of the curve CSVs (DVC plots)")
     args = parser.parse_args(argv)
     configure_logging()
     run(

@@ -2,8 +2,11 @@
 
 Reads the train clips with Ray Data (split across workers), trains with the recipe in
 magvit.training.tokenizer_loop, and exports the final EMA weights to artifacts/tokenizer/
-(config.json + model.safetensors), with metrics.json (DVC metrics) and the training curves
-(DVC plots). A killed run resumes from its last checkpoint when the stage is run again.
+(config.json + model.safetensors), with metrics.json (DVC metrics) and the curves (DVC plots)
+as CSVs in one folder, each holding only the steps where its metrics were logged:
+train.csv (losses), gan.csv (GAN losses, header only when no GAN trained), val.csv
+(validation PSNR at the evaluation steps). A killed run resumes from its last checkpoint when
+the stage is run again.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray.data
 import torch
+from ray.data.expressions import col
 
 from magvit.cli import run_stage
 from magvit.evaluation.reconstruction import reconstruct_clips
@@ -29,7 +33,8 @@ from magvit.formats.clip_shards import (
 from magvit.logs import configure_logging
 from magvit.params import check_clip_shape, load_params
 from magvit.runtime.mlflow_models import TokenizerPyfunc
-from magvit.runtime.mlflow_tracking import mean_metric
+from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
+from magvit.training.progress import ProgressSpec
 from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
 from magvit.training.tokenizer_loop import train_loop
 from models.tokenizer import MagvitTokenizer
@@ -37,7 +42,12 @@ from models.tokenizer import MagvitTokenizer
 log = logging.getLogger("train_tokenizer")
 EXPERIMENT = "magvit2-tokenizer"
 REGISTERED_MODEL = "magvit2-tokenizer"
-CURVES = ("loss/recon", "loss/commitment", "loss/entropy", "loss/g_adv", "loss/d_hinge", "val/psnr")
+TRAIN_CURVES = ("loss/recon", "loss/commitment", "loss/entropy")  # at every log step
+GAN_CURVES = ("loss/g_adv", "loss/d_hinge")  # from disc_start_step, when gan_weight > 0
+VAL_CURVES = ("val/psnr",)  # at the evaluation steps
+PROGRESS = ProgressSpec(
+    "train_tokenizer", "loss/recon", {"recon": "loss/recon", "val PSNR": "val/psnr"}
+)
 
 
 def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
@@ -63,9 +73,9 @@ def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple
     columns = ["num_frames", "height", "width", "frames"]
     counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
     base = ray.data.read_parquet([str(p.resolve()) for p in train_shards]).select_columns(columns)
-    videos = base.filter(expr="num_frames > 1").materialize()
+    videos = base.filter(expr=col("num_frames") > 1).materialize()
     datasets = {"videos": videos}
-    images = base.filter(expr="num_frames == 1") if (counts == 1).any() else None
+    images = base.filter(expr=col("num_frames") == 1) if (counts == 1).any() else None
     if frames_as_images and (counts > 1).any():
         frames = videos.flat_map(single_frames)
         images = frames if images is None else images.union(frames)
@@ -93,7 +103,7 @@ def final_metrics(model: MagvitTokenizer, init: MagvitTokenizer, clips_dir: Path
     return metrics
 
 
-def run(params_path: str, clips_dir: Path, out_dir: Path, curves_csv: Path) -> dict:
+def run(params_path: str, clips_dir: Path, out_dir: Path, curves_dir: Path) -> dict:
     params = load_params(params_path)
     model_config = params.tokenizer.config()
     check_clip_shape(params, model_config)
@@ -111,7 +121,7 @@ def run(params_path: str, clips_dir: Path, out_dir: Path, curves_csv: Path) -> d
     loop = loop_config(
         run, train, model_config, params.seed, ray_train, has_images=has_images, val_clips=val_clips
     )
-    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key)
+    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key, PROGRESS)
 
     model = MagvitTokenizer(model_config)
     model.load_state_dict(state["ema"])
@@ -119,10 +129,13 @@ def run(params_path: str, clips_dir: Path, out_dir: Path, curves_csv: Path) -> d
     untrained = MagvitTokenizer(model_config).eval()
     metrics = final_metrics(model.eval(), untrained, clips_dir)
     metrics["clips_per_s"] = mean_metric(run.client, run.mlflow_run_id, "clips_per_s")
-    return finish_training(
-        run, model, out_dir, metrics, CURVES, curves_csv, TokenizerPyfunc(), REGISTERED_MODEL,
-        state["step"],
+    metrics = finish_training(
+        run, model, out_dir, metrics, TRAIN_CURVES, curves_dir / "train.csv", TokenizerPyfunc(),
+        REGISTERED_MODEL, state["step"],
     )  # fmt: skip
+    write_metric_curves(run.client, run.mlflow_run_id, GAN_CURVES, curves_dir / "gan.csv")
+    write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves_dir / "val.csv")
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--clips", required=True, help="clip shard folder")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--curves", required=True, help="CSV of the training curves (DVC plots)")
+    parser.add_argument("--curves", required=True, help="folder of the curve CSVs (DVC plots)")
     args = parser.parse_args(argv)
     configure_logging()
     run(args.params, Path(args.clips), Path(args.out), Path(args.curves))

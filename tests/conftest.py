@@ -44,3 +44,18 @@ def stage_paths(stage: str) -> dict[str, Path]:
         flag[2:].replace("-", "_"): Path(value)
         for flag, value in zip(argv[::2], argv[1::2], strict=True)
     }
+
+
+def check_curve_csvs(client, run_id: str, folder: Path, curves: dict[str, tuple[str, ...]]) -> None:
+    """Each `folder/<name>.csv` holds its metrics at exactly the steps MLflow logged them:
+    no empty cells (drawn as zeros), no steps of other curves."""
+    import csv
+
+    for name, keys in curves.items():
+        with (folder / f"{name}.csv").open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            assert reader.fieldnames == ["step", *keys], name
+            rows = list(reader)
+        logged = sorted({point.step for point in client.get_metric_history(run_id, keys[0])})
+        assert [int(row["step"]) for row in rows] == logged, name
+        assert all(row[key] != "" for row in rows for key in keys), name

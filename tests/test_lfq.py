@@ -230,7 +230,7 @@ def _codebook_entropy_on_worker(rank: int, port: int, z: torch.Tensor, out: dict
     losses["entropy"].backward()
     out[rank] = {
         "codebook": float(losses["codebook_entropy"]),
-        "grad_finite": bool(torch.isfinite(half.grad).all()),
+        "grad": half.grad.clone(),
     }
     if rank == 0:  # evaluation runs on one worker alone: it must not wait for the other
         out["eval_codebook"] = float(lfq.eval()(half.detach()).losses["codebook_entropy"])
@@ -253,8 +253,13 @@ def test_codebook_entropy_is_estimated_over_every_workers_tokens():
 
     everything = lfq_entropy(video_to_tokens(z), 0.5, 4)[1]
     first_half = lfq_entropy(video_to_tokens(z.chunk(2)[0]), 0.5, 4)[1]
+    # the gradient of the one-process loss over all tokens; DDP averages the two workers'
+    # gradients, so each worker's gradient on its half must be 2x that half of it
+    whole = z.clone().requires_grad_(True)
+    lfq = LFQ(LFQConfig(bits=4, entropy_group_size=4, temperature=0.5))
+    lfq(whole).losses["entropy"].backward()
     for rank in (0, 1):
         assert out[rank]["codebook"] == pytest.approx(float(everything), rel=1e-5)
-        assert out[rank]["grad_finite"]
+        torch.testing.assert_close(out[rank]["grad"], 2 * whole.grad.chunk(2)[rank])
     assert out["eval_codebook"] == pytest.approx(float(first_half), rel=1e-5)
     assert abs(float(everything) - float(first_half)) > 1e-3  # the halves differ

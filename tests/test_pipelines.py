@@ -68,7 +68,7 @@ def repo(tmp_path_factory, clean_env) -> Path:
     """A git + DVC repo holding the project's graph, params and code, committed."""
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo)
     for name in ("stages", "magvit", "models"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -112,6 +112,20 @@ def experiment_file(repo: Path, name: str, path: str) -> str:
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     (ref,) = [ref for ref in refs if ref.endswith(f"/{name}")]
     return git(repo, "show", f"{ref}:{path}")
+
+
+def shown_metrics(repo: Path, name: str) -> dict[str, dict]:
+    """`dvc exp show --json`: experiment `name`'s metrics files, by path."""
+    shown = subprocess.run(
+        [BIN / "dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    (tip,) = [
+        experiment["revs"][0]  # the experiment's newest commit
+        for baseline in json.loads(shown.stdout)
+        for experiment in baseline.get("experiments") or []
+        if experiment["name"] == name
+    ]
+    return {path: entry["data"] for path, entry in tip["data"]["metrics"].items()}
 
 
 # every stage, trained for a few steps: the whole graph in a few minutes
@@ -203,6 +217,10 @@ def test_end_to_end_runs_each_stage_as_a_task_of_one_dvc_experiment(repo, small_
     report = json.loads(experiment_file(repo, "small", "artifacts/validation/clips.json"))
     assert report["success"] is True  # uncached outputs are committed with the experiment
     assert json.loads(experiment_file(repo, "small", "artifacts/eval/metrics.json")) == metrics
+    shown = shown_metrics(repo, "small")  # what `dvc exp show` / `dvc exp diff` compare
+    assert shown["artifacts/eval/metrics.json"] == metrics
+    assert shown["artifacts/tokenizer/metrics.json"] == tokenizer
+    assert shown["artifacts/metrics/decode.json"]["clips"] > 0
 
 
 def test_a_failing_stage_fails_its_task_with_the_stage_error(repo, small_run):
@@ -225,6 +243,9 @@ def test_a_failing_stage_fails_its_task_with_the_stage_error(repo, small_run):
     assert runs["corpus"].state.is_completed() and runs["decode"].state.is_completed()
     assert runs["validate_clips"].state.is_failed()
     assert "expectations failed" in runs["validate_clips"].state.message
+    # the experiment holds the stages that succeeded, beside the earlier one in `dvc exp show`
+    decode = shown_metrics(repo, "strict")["artifacts/metrics/decode.json"]
+    assert decode["clips"] == shown_metrics(repo, "small")["artifacts/metrics/decode.json"]["clips"]
     # the earlier stages' outputs are untouched
     assert sorted((repo / "data" / "clips").rglob("part-*.parquet")) == shards_before
     assert shards_before

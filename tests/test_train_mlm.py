@@ -18,7 +18,7 @@ from magvit.runtime.mlflow_models import model_dir_from_uri
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
-from conftest import stage_paths
+from conftest import check_curve_csvs, stage_paths
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 GRID = (2, 4, 4)  # 5 x 32 x 32 clips through the tiny tokenizer below
@@ -75,7 +75,7 @@ def workspace(in_tmp, monkeypatch):
 
 
 def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local):
-    from stages.train_mlm import run
+    from stages.train_mlm import TRAIN_CURVES, VAL_CURVES, run
 
     paths = stage_paths("train_mlm")
     metrics = run(
@@ -100,6 +100,9 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     for key in ("loss/masked_tokens", "train/masked_accuracy", "lr", "tokens_per_s",
                 "val/class_accuracy", "val/frame_prediction_accuracy"):  # fmt: skip
         assert key in run_info.data.metrics, key
+    curves = {"train": TRAIN_CURVES, "val": VAL_CURVES}
+    check_curve_csvs(client, run_info.info.run_id, paths["curves"], curves)
+    assert len((paths["curves"] / "val.csv").read_text().splitlines()) == 1 + 2  # steps 4, 8
     samples = [a.path for a in client.list_artifacts(run_info.info.run_id, "samples")]
     assert len(samples) == 10
     version = client.get_model_version_by_alias("magvit2-mlm", "champion")

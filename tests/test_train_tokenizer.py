@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from magvit.training.ray_harness import STATE_FILE, load_state_file
 from models.tokenizer import MagvitTokenizer
 
 from clip_fixtures import write_clip_folder
-from conftest import stage_argv, stage_paths
+from conftest import check_curve_csvs, stage_argv, stage_paths
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}
@@ -92,7 +93,7 @@ def workspace(in_tmp, monkeypatch):
 
 
 def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local):
-    from stages.train_tokenizer import run
+    from stages.train_tokenizer import GAN_CURVES, TRAIN_CURVES, VAL_CURVES, run
 
     paths = stage_paths("train_tokenizer")
     metrics = run(str(write_params(workspace)), paths["clips"], paths["out"], paths["curves"])
@@ -117,8 +118,6 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     assert written == json.loads(json.dumps(metrics))
     for kind in ("synthetic", "real", "image"):
         assert written[f"test_{kind}_psnr"] > 0 and written[f"test_{kind}_clips"] > 0
-    curves = (workspace / "artifacts" / "tokenizer_plots" / "curves.csv").read_text().splitlines()
-    assert curves[0].startswith("step,loss/recon") and len(curves) > 3
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(state["mlflow_run_id"])
@@ -128,7 +127,13 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
         "val/codebook_utilisation", "val/perplexity", "final/test_synthetic_psnr",
     ):  # fmt: skip
         assert key in run.data.metrics, key
+    curves = {"train": TRAIN_CURVES, "gan": GAN_CURVES, "val": VAL_CURVES}
+    check_curve_csvs(client, run.info.run_id, paths["curves"], curves)
+    val_rows = (paths["curves"] / "val.csv").read_text().splitlines()[1:]
+    assert 0 < len(val_rows) < 6  # evaluation steps only, not every logged step
     assert run.data.params["train.steps"] == "6" and run.info.status == "FINISHED"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "not GenAI"
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs), "warm-up then decay"
     weights = [m.value for m in client.get_metric_history(run.info.run_id, "entropy_weight")]
@@ -145,10 +150,28 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     assert torch.equal(loaded.encode(video), exported.encode(video))
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
-    params = write_params(
-        workspace, steps=16, checkpoint_every=4, eval_every=16, disc_start_step=100
-    )
+def assert_same_state(resumed, uninterrupted, path: str = "state") -> None:
+    """Every tensor (weights, optimiser moments, LeCam averages) equal, bit for bit."""
+    if isinstance(resumed, torch.Tensor):
+        assert torch.equal(resumed, uninterrupted), f"{path} differs"
+    elif isinstance(resumed, dict):
+        assert resumed.keys() == uninterrupted.keys(), path
+        for key in resumed:
+            assert_same_state(resumed[key], uninterrupted[key], f"{path}.{key}")
+    elif isinstance(resumed, list | tuple):
+        for i, (a, b) in enumerate(zip(resumed, uninterrupted, strict=True)):
+            assert_same_state(a, b, f"{path}[{i}]")
+    else:
+        assert resumed == uninterrupted, path
+
+
+def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
+    """SIGKILL after a recorded checkpoint, run again: the run resumes there (same MLflow run)
+    and ends with the generator, EMA, discriminator, LeCam state and both optimisers of a run
+    that was never interrupted, bit for bit: the data order and the augmentations are a
+    function of seed and step, and the RNGs are restored."""
+    train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "disc_start_step": 2}
+    params = write_params(workspace, **train)
     env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
     first = subprocess.Popen(
         [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")],
@@ -178,14 +201,32 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(workspace):
     output = second.stdout + second.stderr
     assert f"training from step {resume_step} to 16" in output
     assert "training from step 0 to 16" not in output
+    assert re.search(r"train_tokenizer: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
+    for noise in ("Failed to query Ray Train", "Execution plan of", "Checkpoint successfully",
+                  "Warning:"):  # fmt: skip
+        assert noise not in output, f"{noise!r} in the stage's output"
 
-    final = load_state_file(checkpoints(workspace / "runs")[-1].parent)
-    assert final["step"] == 16
+    resumed = load_state_file(checkpoints(workspace / "runs")[-1].parent)
+    assert resumed["step"] == 16
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    run = client.get_run(final["mlflow_run_id"])
+    run = client.get_run(resumed["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    resumed = [a.path for a in client.list_artifacts(run.info.run_id, "resume")]
-    assert resumed == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "resume")]
+    assert logged == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"
+
+    # the same run never interrupted (its own checkpoint folder makes it a run of its own)
+    reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
+    argv = [*stage_argv("train_tokenizer")]
+    argv[argv.index("--out") + 1] = "reference_model"
+    third = subprocess.run(
+        [MAGVIT, "train-tokenizer", "--params", str(reference), *argv],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert third.returncode == 0, third.stderr[-3000:]
+    uninterrupted = load_state_file(checkpoints(workspace / "reference")[-1].parent)
+    assert uninterrupted["opt_d"]["state"], "the discriminator trained"
+    keys = ("generator", "ema", "discriminator", "lecam", "opt_g", "opt_d")
+    assert_same_state({k: resumed[k] for k in keys}, {k: uninterrupted[k] for k in keys})
 
 
 def test_image_steps_draw_the_stills_and_every_frame_of_the_training_videos(tmp_path, ray_local):

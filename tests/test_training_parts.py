@@ -103,3 +103,15 @@ def test_augment_flips_and_reorders_colours_per_clip_and_nothing_else():
         seen.add(matches[0])
     assert len(seen) >= 6, "the flips and orders vary from clip to clip"
     assert np.array_equal(out, augment(clips, np.random.default_rng(1))), "seeded"
+
+
+def test_zoom_magnifies_one_crop_the_same_in_every_frame():
+    from magvit.training.clip_batches import zoom
+
+    ramp = np.stack([np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))] * 3, -1)
+    clip = np.stack([ramp, 255 - ramp])  # [2, 64, 64, 3]: +4 per column, then its negative
+    out = zoom(clip, 2.0, np.random.default_rng(0))
+    assert out.shape == clip.shape and out.dtype == np.uint8
+    steps = np.diff(out[0, 10, 4:-4, 0].astype(int))
+    assert np.all(np.abs(steps - 2) <= 1), "magnified 2x: +2 per column"
+    assert np.abs(out[1].astype(int) - (255 - out[0].astype(int))).max() <= 1, "one crop"

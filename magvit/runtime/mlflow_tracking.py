@@ -19,6 +19,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 ARTIFACTS_DIR = Path("mlartifacts")
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, an empty
+# page for these runs); "custom_model_development" opens the runs table and charts
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri() -> str:
@@ -36,7 +39,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     # a local SQLite store keeps its artifacts in mlartifacts/; a server decides for itself
     local = client.tracking_uri.startswith("sqlite:")
     location = ARTIFACTS_DIR.resolve().as_uri() if local else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def start_or_resume_run(client: MlflowClient, experiment: str, run_key: str, params: dict) -> str:

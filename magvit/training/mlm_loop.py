@@ -27,6 +27,7 @@ from magvit.training.ray_harness import (
     report_step,
     resume,
     start_worker,
+    step_seed,
 )
 from models.lr_schedule import warmup_cosine_lr
 from models.mlm import (
@@ -153,16 +154,19 @@ def train_loop(config: dict) -> None:
 
     no_label = model.no_label_id
     condition_tokens = p.condition_frames * model_config.grid[1] * model_config.grid[2]
-    generator = torch.Generator().manual_seed(loop.seed + 1000 * rank + step)
+    generator = torch.Generator()
     shard = ray.train.get_dataset_shard("tokens")
     batches = (
         to_token_tensors(batch["tokens"], batch["label"], no_label)
-        for batch in endless_batches(shard, p.batch_size, loop.seed + rank)
+        for batch in endless_batches(
+            shard, p.batch_size, loop.seed + rank, loop.shuffle_buffer, skip=step
+        )
     )
     val_tokens, val_labels = (torch.as_tensor(v).to(device) for v in loop.data["val"])
     started, window = time.perf_counter(), []
     while step < p.steps:
         tokens, labels = next(batches)
+        generator.manual_seed(step_seed(loop.seed, rank, step))  # as uninterrupted on resume
         inputs, task_labels, mask = mixed_task_batch(
             tokens, labels, p, condition_tokens, no_label, generator
         )
@@ -179,7 +183,9 @@ def train_loop(config: dict) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
         optimizer.step()
         step += 1
-        window.append((float(loss), float(masked_token_accuracy(logits, tokens, mask))))
+        window.append(
+            (float(loss.detach()), float(masked_token_accuracy(logits.detach(), tokens, mask)))
+        )
 
         if due(step, p.log_every, p.steps):
             seconds = time.perf_counter() - started
@@ -202,4 +208,4 @@ def train_loop(config: dict) -> None:
             saved = checkpoint_state(
                 step, loop, model=model.state_dict(), optimizer=optimizer.state_dict()
             )
-            report_step({"step": step, "loss": float(loss)}, saved if rank == 0 else None)
+            report_step({"step": step, "loss": float(loss.detach())}, saved if rank == 0 else None)

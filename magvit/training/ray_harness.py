@@ -12,6 +12,7 @@ threads, seed, device and the rank-0 MLflow logger from the typed `LoopConfig`;
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,14 @@ import ray.train.torch
 import torch
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from magvit.params import RayTrainParams
@@ -40,6 +48,7 @@ from magvit.runtime.mlflow_tracking import (
     write_metric_curves,
 )
 from magvit.runtime.ray_cluster import init_ray
+from magvit.training.progress import ProgressSpec, training_progress
 from models.pretrained import DictConfig, Pretrained
 
 log = logging.getLogger("ray_training")
@@ -82,6 +91,7 @@ class LoopConfig:
     model: DictConfig  # the model's typed config
     seed: int
     cpus_per_worker: float
+    shuffle_buffer: int  # rows each worker's batches are drawn from at random
     tracking_uri: str
     mlflow_run_id: str
     data: dict = field(default_factory=dict)  # what the loop needs from the driver (val data)
@@ -108,6 +118,7 @@ def start_training_run(
         train.model_dump(exclude=cadence_keys),
         seed,
         files_fingerprint(data_files),
+        ray_params.shuffle_buffer,
     )
     params = {f"train.{k}": v for k, v in train.model_dump().items()}
     params |= {f"model.{k}": v for k, v in model.to_dict().items()}
@@ -116,7 +127,11 @@ def start_training_run(
     # a local instance needs a spare CPU beside the workers for Ray Data's tasks
     needed = int(ray_params.num_workers * ray_params.cpus_per_worker) + 1
     init_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per epoch
+    data_context = ray.data.DataContext.get_current()
+    data_context.enable_progress_bars = False  # one bar per epoch
+    # rows in file order however the read tasks finish: with FixedSplit, each worker's
+    # batches are then a function of seed and step alone (exact resume)
+    data_context.execution_options.preserve_order = True
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -134,8 +149,27 @@ def final_state(result: ray.train.Result) -> dict:
 def loop_config(run: TrainingRun, train: BaseModel, model: DictConfig, seed: int,
                 ray_params: RayTrainParams, **data) -> LoopConfig:  # fmt: skip
     return LoopConfig(
-        train, model, seed, ray_params.cpus_per_worker, run.tracking_uri, run.mlflow_run_id, data
-    )
+        train, model, seed, ray_params.cpus_per_worker, ray_params.shuffle_buffer,
+        run.tracking_uri, run.mlflow_run_id, data,
+    )  # fmt: skip
+
+
+class FixedSplit(DataConfig):
+    """Each worker reads the same rows in every run: the datasets split by row order
+    (Dataset.split, done on the driver before the workers take their CPUs), where Ray
+    Train's default streaming split hands blocks to whichever worker asks first. With it a
+    run's data order is a function of seed and step, so a resumed run trains on what the
+    uninterrupted run trained on."""
+
+    def __init__(self, datasets: dict, world_size: int):
+        super().__init__()
+        self.parts = {name: ds.split(world_size, equal=True) for name, ds in datasets.items()}
+
+    def configure(self, datasets: dict, world_size: int, *args, **kwargs) -> list[dict]:
+        return [
+            {name: parts[rank].iterator() for name, parts in self.parts.items()}
+            for rank in range(world_size)
+        ]
 
 
 def fit(
@@ -145,9 +179,11 @@ def fit(
     ray_params: RayTrainParams,
     storage_path: str,
     name: str,
+    progress: ProgressSpec,
 ) -> dict:
     """Run `train_loop({"loop": loop})` on `ray_params.num_workers` workers, resuming `name`
-    if it exists; return the state saved with the final checkpoint."""
+    if it exists, with a progress bar of the `progress` metrics; return the state saved with
+    the final checkpoint."""
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"loop": loop},
@@ -162,10 +198,16 @@ def fit(
             storage_path=storage_uri(storage_path),
             failure_config=FailureConfig(max_failures=ray_params.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=ray_params.checkpoints_to_keep),
+            # Train's INFO lines (each checkpoint, report and device move) stay in its log
+            # files in Ray's session folder; the progress bar shows the run instead
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
+        dataset_config=FixedSplit(datasets, ray_params.num_workers),
     )
-    return final_state(trainer.fit())
+    with training_progress(loop.tracking_uri, loop.mlflow_run_id, loop.train.steps, progress):
+        result = trainer.fit()
+    return final_state(result)
 
 
 def finish_training(
@@ -269,8 +311,21 @@ def report_step(metrics: dict, state: dict | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def endless_batches(shard, batch_size: int, seed: int, drop_last: bool = True) -> Iterator[dict]:
-    """Numpy batches from this worker's Ray Data shard, epoch after epoch, reshuffled."""
+def endless_batches(
+    shard, batch_size: int, seed: int, shuffle_buffer: int, drop_last: bool = True, skip: int = 0
+) -> Iterator[dict]:
+    """Numpy batches from this worker's Ray Data shard, epoch after epoch, reshuffled; the
+    first `skip` are passed over, so a run resumed at step S sees the batches an
+    uninterrupted run saw from step S on (the shard's order is the same in every run).
+
+    Rows arrive in file order (the clips of one video side by side), so batches are drawn
+    from a buffer of `shuffle_buffer` rows; Ray fills it a block at a time, so a buffer of
+    a few batches would, on a corpus of many blocks, draw each batch from one or two videos.
+    """
+    return itertools.islice(_epochs(shard, batch_size, seed, shuffle_buffer, drop_last), skip, None)
+
+
+def _epochs(shard, batch_size: int, seed: int, shuffle_buffer: int, drop_last: bool):
     epoch = 0
     while True:
         produced = False
@@ -278,7 +333,7 @@ def endless_batches(shard, batch_size: int, seed: int, drop_last: bool = True) -
             batch_size=batch_size,
             batch_format="numpy",
             drop_last=drop_last,
-            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_buffer_size=max(shuffle_buffer, batch_size),
             local_shuffle_seed=seed + epoch,
         ):
             produced = True
@@ -289,6 +344,12 @@ def endless_batches(shard, batch_size: int, seed: int, drop_last: bool = True) -
                 "lower the batch size or the number of workers"
             )
         epoch += 1
+
+
+def step_seed(*parts: int) -> int:
+    """A seed for one step's random draws from e.g. (seed, rank, step): a run resumed at a
+    step draws what the uninterrupted run drew there."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def rng_state() -> dict:

@@ -30,6 +30,7 @@ from magvit.training.ray_harness import (
     report_step,
     resume,
     start_worker,
+    step_seed,
 )
 from models.discriminator import Discriminator3d, DiscriminatorConfig
 from models.ema import EMA
@@ -111,16 +112,25 @@ def train_loop(config: dict) -> None:
     discriminator = ray.train.torch.prepare_model(models.discriminator)
 
     seed = loop.seed + 1000 * rank
+    has_images = loop.data["has_images"] and p.image_every > 0
+    image_steps_done = step // p.image_every if has_images else 0  # steps s % k == k - 1
+    shard = ray.train.get_dataset_shard("videos")
     videos = map(
-        batch_frames, endless_batches(ray.train.get_dataset_shard("videos"), p.batch_size, seed)
+        batch_frames,
+        endless_batches(
+            shard, p.batch_size, seed, loop.shuffle_buffer, skip=step - image_steps_done
+        ),
     )
     images = None
-    if loop.data["has_images"] and p.image_every:
+    if has_images:
         shard = ray.train.get_dataset_shard("images")
         images = map(
-            batch_frames, endless_batches(shard, p.image_batch_size, seed, drop_last=False)
-        )
-    augmentations = np.random.default_rng(seed)
+            batch_frames,
+            endless_batches(
+                shard, p.image_batch_size, seed, loop.shuffle_buffer, drop_last=False,
+                skip=image_steps_done,
+            ),
+        )  # fmt: skip
     bf16 = use_bf16(p.bf16, device)
     val_clips = loop.data["val_clips"]
 
@@ -130,7 +140,10 @@ def train_loop(config: dict) -> None:
     while step < p.steps:
         image_step = images is not None and step % p.image_every == p.image_every - 1
         frames = next(images if image_step else videos)
-        x = to_model_input(augment(frames, augmentations) if p.augment else frames, device)
+        if p.augment:
+            rng = np.random.default_rng(step_seed(seed, step))  # the same draws on resume
+            frames = augment(frames, rng, p.augment_max_zoom)
+        x = to_model_input(frames, device)
         losses, loss_g, grad_norm, quantized = train_step(
             models, generator, discriminator, x, step, p, perceptual, bf16
         )
@@ -142,8 +155,8 @@ def train_loop(config: dict) -> None:
                 "entropy_weight": entropy_weight_at(
                     step - 1, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
                 ),
-                "per_token_entropy": float(quantized.losses["per_token_entropy"]),
-                "codebook_entropy": float(quantized.losses["codebook_entropy"]),
+                "per_token_entropy": float(quantized.losses["per_token_entropy"].detach()),
+                "codebook_entropy": float(quantized.losses["codebook_entropy"].detach()),
             }
             logger.metrics({**window.summary(), **extra}, step)
             window = _Window()
@@ -153,7 +166,7 @@ def train_loop(config: dict) -> None:
             logger.metrics(metrics, step)
         if due(step, p.checkpoint_every, p.steps):
             state = checkpoint_state(step, loop, **models.state()) if rank == 0 else None
-            report_step({"step": step, "loss_g": float(loss_g)}, state)
+            report_step({"step": step, "loss_g": float(loss_g.detach())}, state)
 
 
 def train_step(
@@ -244,8 +257,8 @@ class _Window:
         self.started = time.perf_counter()
 
     def add(self, losses: dict, total, grad_norm, clips: int) -> None:
-        values = {f"loss/{k}": float(v) for k, v in losses.items()}
-        values |= {"loss/total_g": float(total), "grad_norm_g": float(grad_norm)}
+        values = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+        values |= {"loss/total_g": float(total.detach()), "grad_norm_g": float(grad_norm)}
         for key, value in values.items():  # GAN terms exist only once the discriminator runs
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
