@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from magvit.errors import UserInputError
+from magvit.errors import UsageError, UserInputError
 
 # command -> (module whose main() runs it, one-line help)
 COMMANDS = {
@@ -56,6 +56,23 @@ COMMANDS = {
     ),
     "detokenize": ("magvit.commands.detokenize", "decode token shards back into MP4 / PNG files"),
 }
+
+
+# what a command's input paths must be, as require_path's messages say
+CLIP_FOLDER = "a clip shard folder, <split>/part-*.parquet, as `magvit decode` writes"
+TOKEN_FOLDER = "a token shard folder with manifest.json, as `magvit tokenize-clips` writes"
+MODEL_FOLDER = "a model folder with config.json and model.safetensors"
+MANIFEST_CSV = "a corpus manifest CSV with a 'path' column, as `magvit corpus` writes"
+
+
+def require_path(name: str, path: Path, expected: str, folder: bool = True) -> Path:
+    """`path`, checked before any work: UsageError `<name> <path> does not exist (expected
+    <expected>)` when it is missing, or not a folder (`folder`) or not a file."""
+    if path.is_dir() if folder else path.is_file():
+        return path
+    kind = "a folder" if folder else "a file"
+    problem = f"is not {kind}" if path.exists() else "does not exist"
+    raise UsageError(f"{name} {path} {problem} (expected {expected})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Errors a command reports in one line (no traceback): the user's input is the problem."""
+"""Errors a command reports in one line (no traceback): the input, or the place the output
+goes, is the problem, not the code."""
 
 
 class UserInputError(Exception):
@@ -16,3 +17,9 @@ class UsageError(UserInputError):
     """
 
     exit_code = 2
+
+
+class OutputError(UserInputError):
+    """An output could not be written (disk full, file too large, read-only folder): the
+    message names the file. Atomic writes leave nothing partial behind, so the same command
+    run again once there is room completes."""

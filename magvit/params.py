@@ -162,6 +162,7 @@ class TrainTokenizerParams(_Strict):
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     recon_loss: Literal["l1", "l2"] = "l2"
+    recon_weight: Weight = 1.0  # MAGVIT's reference recipe weights reconstruction 5x
     perceptual_weight: Weight = 0.1
     perceptual_weights: str | None = None  # local LPIPS safetensors; None = no perceptual loss
     entropy_weight: Weight = 0.07

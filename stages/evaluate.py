@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, MODEL_FOLDER, require_path, run_stage
 from magvit.errors import UserInputError
 from magvit.evaluation.baselines import (
     baseline_psnrs,
@@ -48,6 +48,7 @@ from magvit.evaluation.pictures import reconstruction_grid, sample_grid
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.formats.clip_shards import evenly_spaced, held_out_sets, labelled_clips
 from magvit.formats.corpus_manifest import class_names
+from magvit.formats.files import atomic_folder
 from magvit.logs import configure_logging
 from magvit.media.video_encode import write_gif
 from magvit.params import Params, load_params
@@ -462,16 +463,16 @@ def run(
         mlm, tokenizer, nets, clips_dir, params, judge
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(reconstruction_grid(pairs)).save(out_dir / "reconstructions.png")
-    write_curves(curves, out_dir / "rate_distortion")
     names = class_names(classes_json, mlm.config.num_classes)
-    write_media(media, names, out_dir / "samples", params.decode.fps)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
-    if record:
-        run_id = record_in_mlflow(metrics, nets.skipped, params, run_ids, out_dir)
-        log.info("evaluation recorded in MLflow run %s", run_id)
+    with atomic_folder(out_dir) as building:  # replaces out_dir when all of it is written
+        Image.fromarray(reconstruction_grid(pairs)).save(building / "reconstructions.png")
+        write_curves(curves, building / "rate_distortion")
+        write_media(media, names, building / "samples", params.decode.fps)
+        (building / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (building / "skipped.json").write_text(json.dumps(nets.skipped, indent=2) + "\n")
+        if record:
+            run_id = record_in_mlflow(metrics, nets.skipped, params, run_ids, building)
+            log.info("evaluation recorded in MLflow run %s", run_id)
     return metrics
 
 
@@ -483,15 +484,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mlm", required=True, help="masked token model directory")
     parser.add_argument("--domain-classifier", required=True, help="domain classifier directory")
     parser.add_argument("--classes", required=True, help="classes.json of the corpus")
-    parser.add_argument("--out", required=True, help="folder for metrics, plots, samples")
+    parser.add_argument(
+        "--out", required=True, help="folder for metrics, plots, samples (replaced when complete)"
+    )
     args = parser.parse_args(argv)
-    configure_logging()
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
     model_dirs = {
-        "tokenizer": Path(args.tokenizer),
-        "mlm": Path(args.mlm),
-        "domain_classifier": Path(args.domain_classifier),
+        "tokenizer": require_path("--tokenizer", Path(args.tokenizer), MODEL_FOLDER),
+        "mlm": require_path("--mlm", Path(args.mlm), MODEL_FOLDER),
+        "domain_classifier": require_path(
+            "--domain-classifier", Path(args.domain_classifier), MODEL_FOLDER
+        ),
     }
-    run(args.params, Path(args.clips), model_dirs, Path(args.out), Path(args.classes))
+    configure_logging()
+    run(args.params, clips, model_dirs, Path(args.out), Path(args.classes))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, require_path, run_stage
+from magvit.errors import UsageError
 from magvit.params import load_params
 from magvit.tokenization.actor_pool import run_tokenize
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--clips", required=True, help="clip shard folder")
-    parser.add_argument("--out", required=True, help="token shard folder (replaced)")
+    parser.add_argument("--out", required=True, help="token shard folder (replaced when complete)")
     parser.add_argument(
         "--tokenizer",
         required=True,
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> None:
         "(e.g. models:/magvit2-tokenizer@champion)",
     )
     args = parser.parse_args(argv)
-    run_tokenize(Path(args.clips), args.tokenizer, load_params(args.params), Path(args.out))
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
+    try:
+        run_tokenize(clips, args.tokenizer, load_params(args.params), Path(args.out))
+    except FileNotFoundError as error:  # a --tokenizer folder without a checkpoint, no shards
+        raise UsageError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, require_path, run_stage
 from magvit.evaluation.domain_features import class_accuracy
 from magvit.formats.clip_shards import labelled_clips
+from magvit.formats.files import atomic_folder
 from magvit.logs import configure_logging
 from magvit.params import DomainClassifierParams, load_params
 from magvit.training.clip_batches import to_model_input
@@ -86,7 +87,6 @@ def run(params_path: str, clips_dir: Path, out_dir: Path):
     if labels.max() >= num_classes:
         raise ValueError(f"label {labels.max()} >= validate_clips.num_classes {num_classes}")
     model = train(clips, labels, params.domain_classifier, num_classes, params.seed)
-    model.save_pretrained(out_dir)
     metrics = {
         "train_clips": len(clips),
         "train_accuracy": round(class_accuracy(model, clips, labels), 4),
@@ -95,7 +95,9 @@ def run(params_path: str, clips_dir: Path, out_dir: Path):
         held_out, held_out_labels = labelled_clips(clips_dir, (split,))
         metrics[f"{split}_accuracy"] = round(class_accuracy(model, held_out, held_out_labels), 4)
         metrics[f"{split}_clips"] = len(held_out)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with atomic_folder(out_dir) as building:  # replaces out_dir when complete
+        model.save_pretrained(building)
+        (building / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("domain classifier -> %s: %s", out_dir, metrics)
     return metrics
 
@@ -104,10 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--clips", required=True, help="clip shard folder")
-    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--out", required=True, help="model directory (replaced when complete)")
     args = parser.parse_args(argv)
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
     configure_logging()
-    run(args.params, Path(args.clips), Path(args.out))
+    run(args.params, clips, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import ray.data
 import torch
 
-from magvit.cli import run_stage
+from magvit.cli import MODEL_FOLDER, TOKEN_FOLDER, require_path, run_stage
 from magvit.formats.corpus_manifest import class_names
+from magvit.formats.files import atomic_folders
 from magvit.formats.token_shards import token_shard_paths
 from magvit.logs import configure_logging
 from magvit.media.video_encode import write_gif
@@ -147,14 +148,17 @@ def run(
 
     torch.manual_seed(params.seed)
     names = class_names(classes_json, params.validate_clips.num_classes)
-    samples = write_samples(mlm, tokenizer, params, names, val_tokens, samples_dir)
-    for path in samples.values():
-        run.client.log_artifact(run.mlflow_run_id, str(path), "samples")
-    metrics = finish_training(
-        run, mlm, out_dir, metrics, TRAIN_CURVES, curves_dir / "train.csv", MLMPyfunc(),
-        REGISTERED_MODEL, state["step"],
-    )  # fmt: skip
-    write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves_dir / "val.csv")
+    # the folders are built beside the old ones and replace them when complete (samples
+    # inside out_dir come in with it)
+    with atomic_folders(out_dir, samples_dir, curves_dir) as (model_dir, samples_new, curves):
+        samples = write_samples(mlm, tokenizer, params, names, val_tokens, samples_new)
+        for path in samples.values():
+            run.client.log_artifact(run.mlflow_run_id, str(path), "samples")
+        metrics = finish_training(
+            run, mlm, model_dir, metrics, TRAIN_CURVES, curves / "train.csv", MLMPyfunc(),
+            REGISTERED_MODEL, state["step"],
+        )  # fmt: skip
+        write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves / "val.csv")
     return metrics
 
 
@@ -164,13 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", required=True, help="token shard folder")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory")
     parser.add_argument("--classes", required=True, help="classes.json of the corpus")
-    parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--samples", required=True, help="folder for sample GIFs")
-    parser.add_argument("--curves", required=True, help="folder of the curve CSVs (DVC plots)")
+    parser.add_argument("--out", required=True, help="model directory (replaced when complete)")
+    parser.add_argument("--samples", required=True, help="folder for sample GIFs (replaced)")
+    parser.add_argument(
+        "--curves", required=True, help="folder of the curve CSVs (DVC plots; replaced)"
+    )
     args = parser.parse_args(argv)
+    tokens = require_path("--tokens", Path(args.tokens), TOKEN_FOLDER)
+    tokenizer = require_path("--tokenizer", Path(args.tokenizer), MODEL_FOLDER)
     configure_logging()
     run(
-        args.params, Path(args.tokens), Path(args.tokenizer), Path(args.classes), Path(args.out),
+        args.params, tokens, tokenizer, Path(args.classes), Path(args.out),
         Path(args.samples), Path(args.curves),
     )  # fmt: skip
 

@@ -21,7 +21,7 @@ import ray.data
 import torch
 from ray.data.expressions import col
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, require_path, run_stage
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.formats.clip_shards import (
     clip_frames,
@@ -30,6 +30,7 @@ from magvit.formats.clip_shards import (
     load_clips,
     shard_paths,
 )
+from magvit.formats.files import atomic_folders
 from magvit.logs import configure_logging
 from magvit.params import check_clip_shape, load_params
 from magvit.runtime.mlflow_models import TokenizerPyfunc
@@ -129,12 +130,14 @@ def run(params_path: str, clips_dir: Path, out_dir: Path, curves_dir: Path) -> d
     untrained = MagvitTokenizer(model_config).eval()
     metrics = final_metrics(model.eval(), untrained, clips_dir)
     metrics["clips_per_s"] = mean_metric(run.client, run.mlflow_run_id, "clips_per_s")
-    metrics = finish_training(
-        run, model, out_dir, metrics, TRAIN_CURVES, curves_dir / "train.csv", TokenizerPyfunc(),
-        REGISTERED_MODEL, state["step"],
-    )  # fmt: skip
-    write_metric_curves(run.client, run.mlflow_run_id, GAN_CURVES, curves_dir / "gan.csv")
-    write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves_dir / "val.csv")
+    # both folders are built beside the old ones and replace them when complete
+    with atomic_folders(out_dir, curves_dir) as (model_dir, curves):
+        metrics = finish_training(
+            run, model, model_dir, metrics, TRAIN_CURVES, curves / "train.csv",
+            TokenizerPyfunc(), REGISTERED_MODEL, state["step"],
+        )  # fmt: skip
+        write_metric_curves(run.client, run.mlflow_run_id, GAN_CURVES, curves / "gan.csv")
+        write_metric_curves(run.client, run.mlflow_run_id, VAL_CURVES, curves / "val.csv")
     return metrics
 
 
@@ -142,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--clips", required=True, help="clip shard folder")
-    parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--curves", required=True, help="folder of the curve CSVs (DVC plots)")
+    parser.add_argument("--out", required=True, help="model directory (replaced when complete)")
+    parser.add_argument(
+        "--curves", required=True, help="folder of the curve CSVs (DVC plots; replaced)"
+    )
     args = parser.parse_args(argv)
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
     configure_logging()
-    run(args.params, Path(args.clips), Path(args.out), Path(args.curves))
+    run(args.params, clips, Path(args.out), Path(args.curves))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, require_path, run_stage
 from magvit.formats.clip_shards import CLIP_SCHEMA, clip_frames, shard_paths
 from magvit.formats.corpus_manifest import SPLITS
 from magvit.logs import configure_logging
@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", required=True, help="folder of the Data Docs site (replaced)")
     args = parser.parse_args(argv)
     configure_logging()
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
     params = load_params(args.params)
-    validate_clips(Path(args.clips), params.validate_clips, Path(args.results), Path(args.docs))
+    validate_clips(clips, params.validate_clips, Path(args.results), Path(args.docs))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from magvit.cli import run_stage
+from magvit.cli import CLIP_FOLDER, TOKEN_FOLDER, require_path, run_stage
 from magvit.formats.clip_shards import shard_paths
 from magvit.formats.token_shards import (
     TOKEN_SCHEMA,
@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", required=True, help="validation results JSON to write")
     parser.add_argument("--docs", required=True, help="folder of the Data Docs site (replaced)")
     args = parser.parse_args(argv)
+    tokens = require_path("--tokens", Path(args.tokens), TOKEN_FOLDER)
+    clips = require_path("--clips", Path(args.clips), CLIP_FOLDER)
     configure_logging()
-    validate_tokens(Path(args.tokens), Path(args.clips), Path(args.results), Path(args.docs))
+    validate_tokens(tokens, clips, Path(args.results), Path(args.docs))
 
 
 if __name__ == "__main__":

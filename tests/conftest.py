@@ -1,10 +1,15 @@
 import os
+import resource
+import signal
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MAGVIT = Path(sys.executable).parent / "magvit"
 sys.path.insert(0, str(Path(__file__).parent))  # tests/media.py
 
 
@@ -18,6 +23,73 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The session's Ray instance, for `magvit` subprocesses to join (RAY_ADDRESS): no Ray
+    start-up of their own, and none of Ray's own processes under their file-size limit."""
+    return ray_local.get_runtime_context().gcs_address
+
+
+def file_size_limit(max_bytes: int) -> Callable[[], None]:
+    """A preexec_fn: no file the process writes may grow past `max_bytes` (RLIMIT_FSIZE), as
+    on a full disk. SIGXFSZ is ignored (Python does so too), so the write fails with EFBIG
+    instead of killing the process."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def run_magvit(
+    *args: str | Path, ray_address: str, max_file_bytes: int | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`magvit ARGS` in a subprocess that joins the session's Ray instance, optionally under a
+    file-size limit."""
+    return subprocess.run(
+        [MAGVIT, *map(str, args)],
+        env={**os.environ, "RAY_ADDRESS": ray_address},
+        preexec_fn=file_size_limit(max_file_bytes) if max_file_bytes else None,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_error_line(stderr: str, command: str, *expected: str) -> str:
+    """stderr ends with one line `magvit COMMAND: ...` holding `expected`, and has no
+    traceback (log lines before it are allowed); returns that line."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"magvit {command}: "), stderr[-3000:]
+    for text in expected:
+        assert text in last, last
+    return last
+
+
+@pytest.fixture
+def magvit_in_process(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run `magvit ARGS` in this process (magvit.cli.main, the entry point): returns (exit
+    status, stdout, stderr)."""
+    from magvit.cli import main
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:])  # main renames the command
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main([str(arg) for arg in args])
+            status = 0
+        except SystemExit as stop:
+            status = 0 if stop.code is None else stop.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
 
 
 @pytest.fixture

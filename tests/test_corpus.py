@@ -68,6 +68,9 @@ def test_manifest_is_written_and_read_back(in_tmp):
     assert [(e.video_id, e.label, e.split) for e in read] == [
         (e.video_id, e.label, e.split) for e in written
     ]
+    # the files were written in a new folder that then became data/raw: the paths say data/raw
+    assert [e.path for e in read] == [e.path for e in written]
+    assert sorted(p.name for p in (in_tmp / "data").iterdir()) == ["raw"]
 
 
 def test_user_folder_and_glob_are_used_in_place(tmp_path):
@@ -75,10 +78,10 @@ def test_user_folder_and_glob_are_used_in_place(tmp_path):
     a = textured_video(folder / "a.mp4")
     b = textured_video(folder / "sub" / "b.mp4")
     (folder / "readme.txt").write_text("not media")
-    entries = corpus.collect_user_corpus(str(folder), tmp_path / "raw")
+    entries = corpus.collect_user_corpus(str(folder))
     assert [e.path for e in entries] == [str(a), str(b)]
     assert all(e.label is None and e.split == "train" for e in entries)
-    globbed = corpus.collect_user_corpus(str(folder / "**" / "*.mp4"), tmp_path / "raw")
+    globbed = corpus.collect_user_corpus(str(folder / "**" / "*.mp4"))
     assert [e.video_id for e in globbed] == [e.video_id for e in entries]
 
 
@@ -87,7 +90,7 @@ def test_user_manifest_csv_keeps_labels_and_splits(tmp_path):
     manifest = tmp_path / "list.csv"
     with manifest.open("w", newline="") as handle:
         csv.writer(handle).writerows([["path", "label", "split"], ["clip.mp4", "4", "val"]])
-    (entry,) = corpus.collect_user_corpus(str(manifest), tmp_path / "raw")
+    (entry,) = corpus.collect_user_corpus(str(manifest))
     assert (entry.path, entry.label, entry.split) == (str(video), 4, "val")
 
 
@@ -108,6 +111,25 @@ def test_bad_manifest_rows_name_the_line(tmp_path, row, message):
 
 def test_bad_sources_say_what_is_allowed(tmp_path):
     with pytest.raises(ValueError, match="not 'embedded', a folder, a glob or a manifest"):
-        corpus.collect_user_corpus(str(tmp_path / "nowhere"), tmp_path / "raw")
+        corpus.collect_user_corpus(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="matches no video or image"):
-        corpus.collect_user_corpus(str(tmp_path / "*.mp4"), tmp_path / "raw")
+        corpus.collect_user_corpus(str(tmp_path / "*.mp4"))
+
+
+def test_manifest_paths_resolve_against_the_csv_folder_not_the_current_one(in_tmp):
+    """A relative path in a user's CSV names a file beside the CSV, even when the current
+    folder holds a file of that name; the manifest the corpus stage writes for it reads
+    back to the same files, from any current folder."""
+    beside = textured_video(in_tmp / "videos" / "clip.mp4")
+    (in_tmp / "clip.mp4").write_bytes(b"a decoy in the current folder")
+    (in_tmp / "videos" / "list.csv").write_text("path,label\nclip.mp4,3\nsub/../clip.mp4,4\n")
+    (in_tmp / "params.yaml").write_text("corpus:\n  source: videos/list.csv\n")
+
+    written = corpus.run("params.yaml", Path("data/raw"))
+    assert [(e.path, e.label) for e in written] == [("videos/clip.mp4", 3), ("videos/clip.mp4", 4)]
+    with (in_tmp / "data" / "raw" / "manifest.csv").open(newline="") as handle:
+        assert [row["path"] for row in csv.DictReader(handle)] == ["../../videos/clip.mp4"] * 2
+    assert read_corpus_manifest(Path("data/raw/manifest.csv")) == written
+    elsewhere = read_corpus_manifest(in_tmp / "data" / "raw" / "manifest.csv")
+    assert all(Path(e.path).samefile(beside) for e in elsewhere)
+    assert [e.video_id for e in elsewhere] == [e.video_id for e in written]

@@ -1,16 +1,20 @@
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
 from magvit.formats.corpus_manifest import ManifestEntry, video_id_for
 from magvit.media.clip_decoding import TASK_WEIGHT, file_weight, plan_tasks, run_decode
 from magvit.media.video_decode import ClipSpec, RejectedInput, decode_file
 from magvit.media.video_encode import write_mp4
-from magvit.params import DecodeParams
+from magvit.params import DecodeParams, parse_params
 
+from conftest import assert_error_line, run_magvit
 from media import audio_only, index_video, png, textured_video, truncated_copy
 
 SPEC = ClipSpec(fps=8, resize_short_side=72, crop_size=64, num_frames=9, stride=4, max_clips=64)
@@ -171,3 +175,74 @@ def test_small_files_share_a_task_and_a_heavy_file_goes_alone(tmp_path):
     assert [heavy] in tasks
     assert len(tasks) < len(entries) / 3
     assert all(sum(map(file_weight, task)) <= TASK_WEIGHT for task in tasks if len(task) > 1)
+
+
+def test_a_full_disk_stops_decode_naming_the_shard_and_a_rerun_completes(
+    tmp_path, ray_address, magvit_in_process, monkeypatch
+):
+    """`magvit decode` under a file-size limit smaller than a shard (RLIMIT_FSIZE, as on a
+    full disk): one line naming the shard, no traceback, no partial shard; run again with
+    room, it writes every clip."""
+    videos = [textured_video(tmp_path / "raw" / f"v{i}.mp4", num_frames=48) for i in range(2)]
+    (tmp_path / "raw" / "manifest.csv").write_text("path\nv0.mp4\nv1.mp4\n")  # CSV-relative
+    decode = {"num_frames": 5, "crop_size": 32, "resize_short_side": 32, "workers": 1}
+    params = parse_params({"decode": decode}).model_dump(mode="json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["decode", "--manifest", "raw/manifest.csv", "--out", "clips", "--metrics", "m.json"]
+    max_bytes = 8192  # a clip alone is 5 x 32 x 32 x 3 = 15,360 bytes of noise
+
+    result = run_magvit(*args, ray_address=ray_address, max_file_bytes=max_bytes, cwd=tmp_path)
+    assert result.returncode == 1
+    shard = Path("clips") / "train" / "part-00000.parquet"
+    assert_error_line(result.stderr, "decode", f"cannot write {shard}: File too large")
+    assert not list((tmp_path / "clips").rglob("*.parquet"))
+    assert not list((tmp_path / "clips").rglob("*.tmp"))
+    assert not list(tmp_path.glob(".clips*"))  # nor the folder the shards were written in
+
+    monkeypatch.chdir(tmp_path)
+    assert magvit_in_process(*args)[0] == 0
+    rows = list(iter_clip_rows(tmp_path / "clips"))
+    assert {row["source"] for row in rows} == {f"raw/{video.name}" for video in videos}
+    assert json.loads((tmp_path / "m.json").read_text())["clips"] == len(rows) > 2
+    assert not list((tmp_path / "clips").rglob("*.tmp"))
+
+
+def test_a_decode_that_rejects_every_file_is_one_line_and_keeps_the_last_clips(
+    tmp_path, ray_local, magvit_in_process, monkeypatch
+):
+    """Every input rejected: one line naming the inputs, the reasons and a file listing the
+    rejects, no traceback; the clips of the last good run stay as they were, with no
+    temporary folder beside them."""
+    monkeypatch.chdir(tmp_path)
+    textured_video(tmp_path / "raw" / "good.mp4", num_frames=48)
+    textured_video(tmp_path / "raw" / "short.mp4", num_frames=6)  # 2 frames at 8 fps
+    (tmp_path / "raw" / "empty.mp4").write_bytes(b"")
+    decode = {"num_frames": 5, "crop_size": 32, "resize_short_side": 32, "workers": 1}
+    params = parse_params({"decode": decode}).model_dump(mode="json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["decode", "--manifest", "raw/manifest.csv", "--out", "clips", "--metrics", "m.json"]
+    (tmp_path / "raw" / "manifest.csv").write_text("path\ngood.mp4\n")
+    assert magvit_in_process(*args)[0] == 0
+    clips = {p: p.read_bytes() for p in (tmp_path / "clips").rglob("*") if p.is_file()}
+
+    (tmp_path / "raw" / "manifest.csv").write_text("path\nshort.mp4\nempty.mp4\n")
+    status, _, stderr = magvit_in_process(*args)
+    assert status == 1
+    line = assert_error_line(
+        stderr,
+        "decode",
+        "no clips: all 2 input files of raw/manifest.csv were rejected (",
+        "too_short 1",
+        "empty_file 1",
+        "raw/short.mp4: 2 frames at 8 fps, fewer than one clip of 5 frames",
+        "; clips is left as it was",
+    )
+    kept = Path(re.search(r"the rejects are listed in (\S+\.parquet);", line).group(1))
+    try:
+        rejects = pq.read_table(kept)
+        assert rejects.schema.equals(REJECT_SCHEMA)
+        assert rejects["source"].to_pylist() == ["raw/short.mp4", "raw/empty.mp4"]
+    finally:
+        kept.unlink()
+    assert {p: p.read_bytes() for p in (tmp_path / "clips").rglob("*") if p.is_file()} == clips
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "m.json", "params.yaml", "raw"]

@@ -1,4 +1,5 @@
-"""`magvit detokenize` on the command line: file names, collisions, bad input."""
+"""`magvit detokenize` on the command line: file names and collisions, a full disk (a bad
+TOKENS folder: tests/test_cli.py)."""
 
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from magvit.formats.token_shards import (
     write_token_manifest,
 )
 from models.tokenizer import MagvitTokenizer
+
+from conftest import assert_error_line, file_size_limit
 
 MAGVIT = Path(sys.executable).parent / "magvit"
 VIDEO, IMAGE = (2, 4, 4), (1, 4, 4)  # token grids of a 5 x 32 x 32 clip and a 32 x 32 image
@@ -97,13 +100,19 @@ def test_files_are_named_after_their_source_uniquely(token_folder, tmp_path):
             assert (out / name).stat().st_size > 0
 
 
-def test_a_missing_tokens_folder_is_one_line_naming_it(token_folder, tmp_path):
-    _, tokenizer, _ = token_folder
-    missing = tmp_path / "no-such-tokens"
-    result = run_cli(missing, tmp_path / "out", "--tokenizer", tokenizer)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        f"magvit detokenize: TOKENS {missing} does not exist (expected a token shard folder)"
-    ]
-    assert not (tmp_path / "out").exists()
+def test_a_full_disk_leaves_no_partial_file_and_names_the_file(token_folder, tmp_path):
+    """Under a file-size limit smaller than any decoded file (RLIMIT_FSIZE, as on a full
+    disk): one line naming the file, exit status 1, and no partial or temporary file."""
+    tokens, tokenizer, _ = token_folder
+    out = tmp_path / "decoded"
+    result = subprocess.run(
+        [MAGVIT, "detokenize", tokens, out, "--tokenizer", tokenizer],
+        preexec_fn=file_size_limit(256),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    first = BULK_ROWS[0][-1]  # the first row is decoded first
+    assert_error_line(result.stderr, "detokenize", f"cannot write {out / first}: File too large")
+    assert list(out.iterdir()) == []

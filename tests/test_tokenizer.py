@@ -1,8 +1,6 @@
 """MagvitTokenizer: shapes, causality, image/video consistency, checkpoints, overfitting."""
 
 import json
-import os
-import time
 
 import numpy as np
 import pytest
@@ -204,22 +202,28 @@ def test_config_json_rejects_unknown_keys():
     assert TokenizerConfig.from_dict(json.loads(json.dumps(CPU.to_dict()))) == CPU
 
 
-@pytest.mark.skipif(
-    os.environ.get("MAGVIT_SKIP_PAPER_FORWARD") == "1", reason="MAGVIT_SKIP_PAPER_FORWARD=1"
-)
-def test_paper_preset_forward_17x128x128():
+# the paper preset's size as built today (encoder 88,244,114 + decoder 91,591,811; LFQ has
+# no parameters): a change to the preset must change this number on purpose
+PAPER_PARAMETERS = 179_835_925
+
+
+def test_paper_preset_shapes_on_the_meta_device():
+    """The paper preset (17 x 128 x 128 -> 5 x 16 x 16 tokens, K = 2^18) built and run on the
+    meta device: every layer's shapes and the parameter count, without the ~8.5 TFLOP of a
+    real forward pass. (The training forward's LFQ losses need autocast, which the meta
+    device lacks; they are the cpu preset's, tested above.)"""
     cfg = TokenizerConfig.preset("paper")
     assert cfg.codebook_size == 2**18 and cfg.latent_shape(17, 128, 128) == (5, 16, 16)
-    model = MagvitTokenizer(cfg).eval()
-    params = sum(p.numel() for p in model.parameters())
-    start = time.perf_counter()
-    with torch.inference_mode():
-        recon, out = model(video(1, 17, 128))
-    seconds = time.perf_counter() - start
-    print(f"\npaper preset: {params / 1e6:.1f}M parameters, forward {seconds:.1f} s")
-    assert recon.shape == (1, 3, 17, 128, 128)
-    assert out.indices.shape == (1, 5, 16, 16) and out.indices.max() < 2**18
-    assert torch.isfinite(recon).all()
+    with torch.device("meta"):
+        model = MagvitTokenizer(cfg).eval()
+    assert sum(p.numel() for p in model.parameters()) == PAPER_PARAMETERS
+    video = torch.empty(1, 17, 128, 128, 3, dtype=torch.uint8, device="meta")
+    tokens = model.encode(video)
+    assert tokens.shape == (1, 5, 16, 16) and tokens.dtype == torch.int64
+    codes = model.quantizer.indices_to_codes(tokens)
+    assert codes.shape == (1, 18, 5, 16, 16)
+    recon = model.decode_codes(codes)
+    assert recon.shape == (1, 3, 17, 128, 128) and recon.device.type == "meta"
 
 
 def moving_square_clips(n: int, frames: int = 9, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -9,24 +9,29 @@ Each token row names its input in `source_path`: the file's path relative to INP
 shards, the clip's own `source`), so `magvit detokenize` can name its output after it.
 Files that cannot be decoded or tokenized go to `OUTPUT/rejects/part-<chunk>.parquet`.
 
-Run it again after an interruption and it does only the chunks whose shard is missing.
-`OUTPUT/manifest.json` names the tokenizer's fingerprint and the chunking: a different
-tokenizer or chunking is refused rather than mixed into the same folder.
+Run it again after an interruption (even a SIGKILL) and it does only the chunks whose shard
+is missing. `OUTPUT/manifest.json` names the tokenizer's fingerprint and the chunking: a
+different tokenizer or chunking is refused rather than mixed into the same folder.
+`OUTPUT/tokenize.lock` (pid, host, start time) keeps a second job out of OUTPUT while one
+runs; the lock of a job that was killed is taken over (magvit.formats.output_lock).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import ray.data
 
 from magvit.cli import run_stage
+from magvit.errors import UsageError
 from magvit.formats.clip_shards import CLIP_SCHEMA
 from magvit.formats.corpus_manifest import ManifestEntry, find_media, video_id_for
 from magvit.formats.files import SHARD_GLOB, shard_paths
+from magvit.formats.output_lock import output_lock
 from magvit.formats.token_shards import (
     MANIFEST_FILE,
     TokenManifest,
@@ -59,6 +64,8 @@ from magvit.tokenization.actor_pool import (
 )
 
 log = logging.getLogger("bulk_tokenize")
+
+LOCK_FILE = "tokenize.lock"
 
 # decoded clip rows (or one reject row per bad file), as the tokenizer actors read them
 DECODED_SCHEMA = pa.schema(
@@ -156,14 +163,20 @@ def prepare_output(output: Path, manifest: TokenManifest) -> None:
     write_token_manifest(manifest, output)
 
 
-def run_bulk(
-    source: str,
-    output: Path,
-    tokenizer: str,
-    params: Params,
-    max_chunks: int | None = None,
-) -> dict:
-    """Tokenize the chunks of `source` that `output` lacks (at most `max_chunks` of them)."""
+@dataclass(frozen=True)
+class BulkPlan:
+    """What a job will do: its inputs, their chunks, and the manifest its OUTPUT must have."""
+
+    kind: str  # "clips" or "media"
+    inputs: list[Path]
+    root: Path
+    chunks: list[Chunk]
+    manifest: TokenManifest
+    model_dir: Path
+
+
+def plan_bulk(source: str, tokenizer: str, params: Params) -> BulkPlan:
+    """Find the inputs of `source` and cut them into chunks; check them against the model."""
     model_dir = model_dir_from_uri(tokenizer)
     config = tokenizer_config(model_dir)
     kind, inputs, root = find_inputs(source)
@@ -180,25 +193,49 @@ def run_bulk(
         params.tokenize.num_factors,
         {**plan, "plan": plan_hash(chunks, root.resolve())},
     )
-    prepare_output(output, manifest)
+    return BulkPlan(kind, inputs, root, chunks, manifest, model_dir)
+
+
+def run_bulk(
+    source: str,
+    output: Path,
+    tokenizer: str,
+    params: Params,
+    max_chunks: int | None = None,
+) -> dict:
+    """Tokenize the chunks of `source` that `output` lacks (at most `max_chunks` of them),
+    holding OUTPUT's lock from before its temporary files are cleared until the end."""
+    plan = plan_bulk(source, tokenizer, params)
+    with output_lock(output, LOCK_FILE):
+        prepare_output(output, plan.manifest)
+        return tokenize_pending(plan, output, params, max_chunks)
+
+
+def tokenize_pending(
+    plan: BulkPlan, output: Path, params: Params, max_chunks: int | None = None
+) -> dict:
+    """Write the shards `output` lacks (at most `max_chunks`); the manifest once all exist."""
+    chunks = plan.chunks
     pending = [chunk for chunk in chunks if not chunk.shard(output).exists()]
     log.info(
         "%s: %d %s files in %d chunks, %d done, %d to do",
-        source, len(inputs), kind, len(chunks), len(chunks) - len(pending), len(pending),
+        plan.manifest.source["input"], len(plan.inputs), plan.kind, len(chunks),
+        len(chunks) - len(pending), len(pending),
     )  # fmt: skip
     pending = pending[:max_chunks] if max_chunks is not None else pending
     counts = {"chunks": 0, "clips": 0, "rejects": 0}
     if pending:
         init_ray(num_cpus=local_cpus(params.tokenize, params.decode.workers))
-        if kind == "clips":
+        if plan.kind == "clips":
             clips = clip_shard_dataset(pending, params.tokenize.batch_size)
         else:
-            clips = media_dataset(pending, root, clip_spec(params.decode))
-        results = tokenize_dataset(clips, read_checkpoint(model_dir), params.tokenize)
-        counts = write_chunks(results, pending, output, source_paths(kind, inputs, root))
+            clips = media_dataset(pending, plan.root, clip_spec(params.decode))
+        results = tokenize_dataset(clips, read_checkpoint(plan.model_dir), params.tokenize)
+        sources = source_paths(plan.kind, plan.inputs, plan.root)
+        counts = write_chunks(results, pending, output, sources)
     remaining = sum(not chunk.shard(output).exists() for chunk in chunks)
     if not remaining:
-        write_token_manifest(completed_manifest(manifest, output), output)
+        write_token_manifest(completed_manifest(plan.manifest, output), output)
     log.info("this run: %s; chunks left: %d", counts, remaining)
     return {**counts, "remaining": remaining}
 
@@ -247,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_bulk(args.input, Path(args.output), args.tokenizer, params, args.max_chunks)
     except (BulkTokenizeError, TokenShardError, FileNotFoundError) as error:
-        raise SystemExit(f"magvit tokenize: {error}") from None
+        raise UsageError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from magvit.cli import run_stage
+from magvit.cli import require_path, run_stage
 from magvit.errors import UsageError
+from magvit.formats.files import atomic_path
 from magvit.formats.token_shards import (
     TokenShardError,
     load_token_shards,
@@ -91,13 +92,16 @@ def write_clip(frames: np.ndarray, output: Path, stem: str, fps: float) -> Path:
     """uint8 [T, H, W, 3] -> `output/<stem>.png` when T = 1, else an H.264 `<stem>.mp4`.
 
     The extension is appended, not swapped in with `with_suffix`, which would cut a stem with
-    a dot in it (`a.v2_0` -> `a.png`) and let two clips share one file."""
+    a dot in it (`a.v2_0` -> `a.png`) and let two clips share one file. Each file is
+    written under a temporary name and renamed when complete: a full disk leaves no partial
+    file, and stops the command with one line naming the file."""
     if len(frames) == 1:
         path = output / f"{stem}.png"
-        Image.fromarray(frames[0]).save(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(frames[0]).save(tmp, format="PNG")
     else:
         path = output / f"{stem}.mp4"
-        write_mp4(frames, path, fps)
+        write_mp4(frames, path, fps)  # through atomic_path too
     return path
 
 
@@ -171,9 +175,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def check_paths(tokens: Path, output: Path) -> None:
     """TOKENS must be a folder and OUTPUT a folder or a new path: say which is wrong."""
-    if not tokens.is_dir():
-        reason = "is not a folder" if tokens.exists() else "does not exist"
-        raise UsageError(f"TOKENS {tokens} {reason} (expected a token shard folder)")
+    require_path("TOKENS", tokens, "a token shard folder")
     if output.exists() and not output.is_dir():
         raise UsageError(f"OUTPUT {output} exists and is not a folder")
 

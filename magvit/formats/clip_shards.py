@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,15 @@ REJECT_SCHEMA = pa.schema(
         ("message", pa.string()),
     ]
 )
+
+
+def keep_rejects(rejects: pa.Table, stage: str) -> Path:
+    """Write the rejects of a failed run, whose output folder is discarded (the last good
+    one stays), to a new Parquet file in the system's temporary folder; returns its path."""
+    handle, path = tempfile.mkstemp(prefix=f"{stage}-rejects-", suffix=".parquet")
+    os.close(handle)
+    pq.write_table(rejects, path)
+    return Path(path)
 
 
 def clip_frames(row: dict) -> np.ndarray:

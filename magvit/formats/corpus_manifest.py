@@ -2,7 +2,8 @@
 
 Columns: path, video_id, label (empty when unlabelled), split (train / val / test).
 `video_id` is a stable hash of the path relative to the corpus root, so it survives
-moving the corpus as a whole.
+moving the corpus as a whole. A relative `path` is relative to the CSV's own folder, in the
+manifests users write and in the one the corpus stage writes alike.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ import csv
 import glob
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from magvit.errors import UserInputError
 from magvit.formats.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 MANIFEST_COLUMNS = ("path", "video_id", "label", "split")
+
+
+class CorpusError(UserInputError, ValueError):
+    """A corpus source or manifest that cannot be used: the message names it and says why."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,26 @@ def video_id_for(path: Path, root: Path) -> str:
     return hashlib.sha1(relative.as_posix().encode()).hexdigest()[:16]
 
 
-def write_corpus_manifest(entries: list[ManifestEntry], path: Path) -> None:
+def write_corpus_manifest(
+    entries: list[ManifestEntry], path: Path, folder: Path | None = None
+) -> None:
+    """Write `entries` to the CSV `path`; relative entry paths (relative to the current
+    folder) are written relative to the CSV's folder, as read_corpus_manifest reads them,
+    or to `folder`: the one the CSV will be read from, when it is written elsewhere first."""
+    folder = path.parent if folder is None else folder
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for e in entries:
-            writer.writerow([e.path, e.video_id, "" if e.label is None else e.label, e.split])
+            file = e.path if Path(e.path).is_absolute() else os.path.relpath(e.path, folder)
+            writer.writerow([file, e.video_id, "" if e.label is None else e.label, e.split])
+
+
+def resolve_entry_path(value: str, manifest: Path) -> str:
+    """A manifest's `path` cell as a path to open: relative ones join the CSV's folder
+    (normalised, so `data/raw/../../videos/a.mp4` reads `videos/a.mp4`)."""
+    file = Path(value)
+    return str(file) if file.is_absolute() else os.path.normpath(manifest.parent / file)
 
 
 def _parse_label(value: str | None, where: str) -> int | None:
@@ -57,16 +78,17 @@ def _parse_label(value: str | None, where: str) -> int | None:
     try:
         label = int(value)
     except ValueError:
-        raise ValueError(
+        raise CorpusError(
             f"{where}: label must be a non-negative integer or empty, got {value!r}"
         ) from None
     if label < 0:
-        raise ValueError(f"{where}: label must be a non-negative integer or empty, got {label}")
+        raise CorpusError(f"{where}: label must be a non-negative integer or empty, got {label}")
     return label
 
 
 def read_corpus_manifest(path: Path, root: Path | None = None) -> list[ManifestEntry]:
-    """Read a manifest CSV. Only `path` is required; relative paths resolve against its folder.
+    """Read a manifest CSV. Only `path` is required; relative paths resolve against its folder
+    (never the current one).
 
     Missing video_id is derived from the path, missing split defaults to train.
     """
@@ -74,19 +96,19 @@ def read_corpus_manifest(path: Path, root: Path | None = None) -> list[ManifestE
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"{path}: a manifest needs a header row with at least a 'path' column")
+            raise CorpusError(
+                f"{path}: a manifest needs a header row with at least a 'path' column"
+            )
         entries = []
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
-            file = Path(row["path"])
-            if not file.is_absolute() and not file.exists():
-                file = path.parent / file
+            file = resolve_entry_path(row["path"], path)
             split = (row.get("split") or "train").strip()
             if split not in SPLITS:
-                raise ValueError(f"{where}: split must be one of {SPLITS}, got {split!r}")
-            video_id = (row.get("video_id") or "").strip() or video_id_for(file, root)
+                raise CorpusError(f"{where}: split must be one of {SPLITS}, got {split!r}")
+            video_id = (row.get("video_id") or "").strip() or video_id_for(Path(file), root)
             entries.append(
-                ManifestEntry(str(file), video_id, _parse_label(row.get("label"), where), split)
+                ManifestEntry(file, video_id, _parse_label(row.get("label"), where), split)
             )
     return entries
 
@@ -104,7 +126,7 @@ def find_media(source: str) -> tuple[list[Path], Path]:
     else:
         root = Path(source)
         if not root.is_dir():
-            raise ValueError(
+            raise CorpusError(
                 f"corpus.source {source!r} is not 'embedded', a folder, a glob or a manifest .csv"
             )
         files = list(root.rglob("*"))
@@ -112,7 +134,7 @@ def find_media(source: str) -> tuple[list[Path], Path]:
         p for p in files if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
     )
     if not media:
-        raise ValueError(f"corpus.source {source!r} matches no video or image files")
+        raise CorpusError(f"corpus.source {source!r} matches no video or image files")
     return media, root
 
 

@@ -4,14 +4,15 @@ Files are decoded in parallel Ray tasks, small files grouped into one task (a lo
 instance, or the cluster in RAY_ADDRESS); the driver gathers their clips in manifest order
 and writes the shards, so output is deterministic and no worker needs a shared filesystem.
 A file that cannot become clips is recorded in `data/clips/rejects.parquet` and skipped.
+The shards are written into a new folder that replaces `data/clips` only when complete.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,9 +25,10 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
-from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA
+from magvit.errors import UserInputError
+from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, keep_rejects
 from magvit.formats.corpus_manifest import SPLITS, ManifestEntry
-from magvit.formats.files import write_table_atomic
+from magvit.formats.files import atomic_folder, write_table_atomic
 from magvit.media.video_decode import ClipSpec, RejectedInput, clip_starts, decode_file
 from magvit.params import DecodeParams
 from magvit.runtime.ray_cluster import init_ray
@@ -55,13 +57,17 @@ class FileResult:
     clips: int = 0
 
 
-def clip_rows(entry: ManifestEntry, spec: ClipSpec) -> tuple[list[dict], FileResult]:
+def clip_rows(
+    entry: ManifestEntry, spec: ClipSpec, folder: str = ""
+) -> tuple[list[dict], FileResult]:
     """Decode one manifest entry: its clip rows (CLIP_SCHEMA) and its result without a table.
 
+    A relative entry path is read from `folder` (the driver's working folder: a worker of a
+    cluster joined through RAY_ADDRESS has another one); `source` keeps the path as given.
     A file that cannot become clips gives no rows and a result with its reject record.
     """
     try:
-        decoded = decode_file(Path(entry.path), spec)
+        decoded = decode_file(Path(folder, entry.path), spec)
     except RejectedInput as error:
         return [], FileResult(
             entry.path, entry.split, reject=_reject(entry.path, error.error_type, str(error))
@@ -136,7 +142,7 @@ def plan_tasks(entries: list[ManifestEntry]) -> list[list[ManifestEntry]]:
 
 
 def clips_from_entries(
-    entries: list[ManifestEntry], spec: ClipSpec
+    entries: list[ManifestEntry], spec: ClipSpec, folder: str = ""
 ) -> tuple[pa.Table, list[FileResult]]:
     """Decode a group of entries: the clips of all of them in one table, entry after entry,
     and per entry its result without a table (`clips` says how many of the rows are its).
@@ -146,7 +152,7 @@ def clips_from_entries(
     rows: list[dict] = []
     results: list[FileResult] = []
     for entry in entries:
-        entry_rows, result = clip_rows(entry, spec)
+        entry_rows, result = clip_rows(entry, spec, folder)
         rows += entry_rows
         results.append(result)
     return pa.Table.from_pylist(rows, schema=CLIP_SCHEMA), results
@@ -174,7 +180,7 @@ def decode_in_order(
     driver. Results that finish early wait in `done` for their turn.
     """
     tasks = enumerate(plan_tasks(entries))
-    spec_ref = ray.put(spec)
+    spec_ref, folder = ray.put(spec), os.getcwd()  # relative paths are the driver's
     running: dict[ray.ObjectRef, int] = {}  # -> index of the task in the plan
     done: dict[int, list[FileResult]] = {}
     emitted = 0
@@ -183,7 +189,7 @@ def decode_in_order(
 
         def submit() -> None:
             for index, group in islice(tasks, 2 * workers - len(running)):
-                running[decode_task.remote(group, spec_ref)] = index
+                running[decode_task.remote(group, spec_ref, folder)] = index
 
         submit()
         while running:
@@ -243,36 +249,40 @@ class ShardWriter:
         self.shard_counts[split] = index + 1
 
 
-def run_decode(entries: list[ManifestEntry], params: DecodeParams, out_dir: Path) -> dict:
-    """Decode `entries` into shards under `out_dir`; return the metrics."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+class NothingDecoded(UserInputError):
+    """No input file became a clip: the message names the inputs, the reasons and where the
+    rejects were written; the output folder is left as it was."""
+
+
+def run_decode(
+    entries: list[ManifestEntry], params: DecodeParams, out_dir: Path, inputs: str = ""
+) -> dict:
+    """Decode `entries` into shards under `out_dir`, built beside it and swapped in when
+    complete (a failing run leaves the last `out_dir` as it was); return the metrics.
+    `inputs` names where the entries came from (the manifest), for messages."""
     init_ray(num_cpus=params.workers)
     spec = clip_spec(params)
-    writer = ShardWriter(out_dir, params.clips_per_shard)
     rejects: list[dict] = []
     source_frames = clip_frames = 0
-    started = time.perf_counter()
-    progress = tqdm(decode_in_order(entries, spec, params.workers), total=len(entries), unit="file")
-    for result in progress:
-        if result.reject:
-            rejects.append(result.reject)
-            log.warning("rejected %s: %s", result.source, result.reject["message"])
-            continue
-        writer.add(result.split, result.table)
-        source_frames += result.source_frames
-        clip_frames += sum(result.table["num_frames"].to_pylist())
-    writer.close()
-    seconds = time.perf_counter() - started
-    write_table_atomic(
-        pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), out_dir / "rejects.parquet"
-    )
-    clips = sum(writer.clip_counts.values())
-    if clips == 0:
-        raise RuntimeError(
-            f"no clips decoded from {len(entries)} files; see {out_dir}/rejects.parquet"
-        )
+    with atomic_folder(out_dir) as building:
+        writer = ShardWriter(building, params.clips_per_shard)
+        started = time.perf_counter()
+        results = decode_in_order(entries, spec, params.workers)
+        for result in tqdm(results, total=len(entries), unit="file"):
+            if result.reject:
+                rejects.append(result.reject)
+                log.warning("rejected %s: %s", result.source, result.reject["message"])
+                continue
+            writer.add(result.split, result.table)
+            source_frames += result.source_frames
+            clip_frames += sum(result.table["num_frames"].to_pylist())
+        writer.close()
+        seconds = time.perf_counter() - started
+        reject_table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+        clips = sum(writer.clip_counts.values())
+        if clips == 0:
+            raise nothing_decoded(reject_table, len(entries), inputs, out_dir)
+        write_table_atomic(reject_table, building / "rejects.parquet")
     return {
         "files": len(entries),
         "clips": clips,
@@ -283,3 +293,19 @@ def run_decode(entries: list[ManifestEntry], params: DecodeParams, out_dir: Path
         "seconds": round(seconds, 3),
         "frames_per_s": round(source_frames / seconds, 1),
     }
+
+
+def nothing_decoded(rejects: pa.Table, files: int, inputs: str, out_dir: Path) -> NothingDecoded:
+    """The one-line error of a decode in which every file was rejected."""
+    kept = keep_rejects(rejects, "decode")
+    reasons = Counter(rejects["error_type"].to_pylist()).most_common()
+    example = ""
+    for first in rejects.slice(0, 1).to_pylist():  # its message names the file, mostly
+        named = Path(first["source"]).name in first["message"]
+        example = f"; first: {'' if named else first['source'] + ': '}{first['message']}"
+    where = f" of {inputs}" if inputs else ""
+    by_type = ", ".join(f"{kind} {count}" for kind, count in reasons)
+    return NothingDecoded(
+        f"no clips: all {files} input files{where} were rejected ({by_type}{example}); "
+        f"the rejects are listed in {kept}; {out_dir} is left as it was"
+    )

@@ -1,4 +1,7 @@
-"""Writing uint8 frames [T, H, W, 3] as media files: H.264 MP4 (PyAV), GIF, by suffix."""
+"""Writing uint8 frames [T, H, W, 3] as media files: H.264 MP4 (PyAV), GIF, by suffix.
+
+Each file is written under a temporary name and renamed when complete (atomic_path): a full
+disk leaves no partial file, and raises OutputError naming the file."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from magvit.formats.files import atomic_path
 from magvit.media.fixed_heap_fill import fixed_heap_fill
 
 
@@ -19,9 +23,12 @@ def write_mp4(frames: np.ndarray, path: Path, fps: float, faststart: bool = Fals
     """
     from fractions import Fraction
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "+faststart"} if faststart else {}
-    with fixed_heap_fill(), av.open(str(path), mode="w", options=options) as container:
+    with (
+        atomic_path(path) as tmp,
+        fixed_heap_fill(),
+        av.open(str(tmp), mode="w", format="mp4", options=options) as container,
+    ):
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -33,10 +40,12 @@ def write_mp4(frames: np.ndarray, path: Path, fps: float, faststart: bool = Fals
 
 def write_gif(frames: np.ndarray, path: Path, fps: float = 8.0) -> None:
     """uint8 frames [T, H, W, 3] as a looping GIF."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(frame) for frame in frames]
     duration = int(1000 / fps)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0)
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+        )
 
 
 def write_video(frames: np.ndarray, path: Path, fps: float = 8.0) -> None:

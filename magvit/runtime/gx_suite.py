@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +21,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from magvit.errors import UserInputError
+from magvit.formats.files import atomic_folder, write_text_atomic
 
-if TYPE_CHECKING:  # great_expectations is slow to import: only run_suite imports it
+if TYPE_CHECKING:  # great_expectations is slow to import: only _validate imports it
     from great_expectations import ExpectationSuite
     from great_expectations.core import ExpectationSuiteValidationResult
 
@@ -115,12 +115,40 @@ def run_suite(
     raise_on_failure: bool = True,
 ) -> SuiteResult:
     """Validate `frame` against `expectations` (GX 1.x expectation objects); write the
-    results JSON to `results_path` and the Data Docs site to `docs_dir` (replaced)."""
-    import great_expectations as gx
+    results JSON to `results_path` and the Data Docs site to `docs_dir`, each replaced when
+    complete (an error on the way leaves the last ones as they were). Failed expectations
+    are a complete result: it is written, then ValidationFailed raised."""
+    with atomic_folder(docs_dir) as building:
+        outcome, validation, suite = _validate(frame, name, expectations, building)
+    position = _suite_positions(suite)
+    in_order = sorted(validation.results, key=lambda r: position[r.expectation_config.id])
+    failures = [_describe_failure(r) for r in in_order if not r.success]
 
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    docs_dir = docs_dir.resolve()
-    shutil.rmtree(docs_dir, ignore_errors=True)
+    results = stable_results(validation, suite)
+    write_text_atomic(json.dumps(results, indent=2, default=str) + "\n", results_path)
+    stats = validation.statistics
+    log.info(
+        "%s: %d/%d expectations passed; results %s, docs %s/index.html",
+        name,
+        stats["successful_expectations"],
+        stats["evaluated_expectations"],
+        results_path,
+        docs_dir,
+    )
+    result = SuiteResult(outcome.success, failures, results_path, docs_dir / "index.html")
+    if raise_on_failure and not outcome.success:
+        summary = "\n".join(f"  - {line}" for line in failures)
+        raise ValidationFailed(
+            f"{name}: {len(failures)} of {stats['evaluated_expectations']} expectations failed "
+            f"(details in {results_path}):\n{summary}"
+        )
+    return result
+
+
+def _validate(frame: pd.DataFrame, name: str, expectations: list, docs_dir: Path):
+    """Run the suite in an ephemeral GX context that builds its Data Docs in `docs_dir`;
+    returns the checkpoint's outcome, the validation result and the suite."""
+    import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.add_data_docs_site(
@@ -129,7 +157,7 @@ def run_suite(
             "class_name": "SiteBuilder",
             "store_backend": {
                 "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str(docs_dir),
+                "base_directory": str(docs_dir.resolve()),
             },
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
@@ -155,26 +183,4 @@ def run_suite(
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
     (validation,) = outcome.run_results.values()
-    position = _suite_positions(suite)
-    in_order = sorted(validation.results, key=lambda r: position[r.expectation_config.id])
-    failures = [_describe_failure(r) for r in in_order if not r.success]
-
-    results = stable_results(validation, suite)
-    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    stats = validation.statistics
-    log.info(
-        "%s: %d/%d expectations passed; results %s, docs %s/index.html",
-        name,
-        stats["successful_expectations"],
-        stats["evaluated_expectations"],
-        results_path,
-        docs_dir,
-    )
-    result = SuiteResult(outcome.success, failures, results_path, docs_dir / "index.html")
-    if raise_on_failure and not outcome.success:
-        summary = "\n".join(f"  - {line}" for line in failures)
-        raise ValidationFailed(
-            f"{name}: {len(failures)} of {stats['evaluated_expectations']} expectations failed "
-            f"(details in {results_path}):\n{summary}"
-        )
-    return result
+    return outcome, validation, suite

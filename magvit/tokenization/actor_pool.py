@@ -3,8 +3,9 @@
 Ray Data reads `data/clips/<split>/part-*.parquet`; a fixed pool of `tokenize.actors` actors
 (each loads the checkpoint once; one GPU each when `tokenize.use_gpu`) encodes batches of
 `tokenize.batch_size` clips; the driver receives the token rows in input order and writes one
-token shard per clip shard to `data/tokens/<split>/part-NNNNN.parquet` (atomic renames), then
-`data/tokens/manifest.json`. Same clips and checkpoint -> the same shards, row for row.
+token shard per clip shard to `data/tokens/<split>/part-NNNNN.parquet`, then
+`data/tokens/manifest.json`, all in a new folder that replaces `data/tokens` when complete (a
+failing run leaves the last one). Same clips and checkpoint -> the same shards, row for row.
 
 The actor class and the chunk writer here are shared with bulk tokenisation (`magvit tokenize`).
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -31,8 +31,8 @@ import ray.data
 import torch
 from tqdm import tqdm
 
-from magvit.formats.clip_shards import REJECT_SCHEMA, clip_frames, shard_paths
-from magvit.formats.files import write_table_atomic
+from magvit.formats.clip_shards import REJECT_SCHEMA, clip_frames, keep_rejects, shard_paths
+from magvit.formats.files import atomic_folder, write_table_atomic
 from magvit.formats.token_shards import (
     BULK_TOKEN_SCHEMA,
     TOKEN_SCHEMA,
@@ -345,7 +345,8 @@ def write_chunks(
 
 
 def run_tokenize(clips_dir: Path, tokenizer: str, params: Params, out_dir: Path) -> TokenManifest:
-    """Tokenize every clip shard under `clips_dir` into `out_dir` (replaced)."""
+    """Tokenize every clip shard under `clips_dir` into `out_dir`, built beside it and swapped
+    in when complete: a failing run leaves the last `out_dir` as it was."""
     # imported here, not at the top: the actors import this module, and mlflow would add
     # seconds to each actor's start
     from magvit.runtime.mlflow_models import model_dir_from_uri
@@ -365,17 +366,19 @@ def run_tokenize(clips_dir: Path, tokenizer: str, params: Params, out_dir: Path)
     manifest = new_manifest(
         config, tokenizer_fingerprint(model_dir), params.tokenize.num_factors, source
     )
-    shutil.rmtree(out_dir, ignore_errors=True)
     init_ray(num_cpus=local_cpus(params.tokenize))
     log.info("tokenizing %d clip shards from %s with %s", len(shards), clips_dir, model_dir)
     clips = clip_shard_dataset(chunks, params.tokenize.batch_size)
     results = tokenize_dataset(clips, read_checkpoint(model_dir), params.tokenize)
-    counts = write_chunks(results, chunks, out_dir)
-    if counts["rejects"]:
-        raise RuntimeError(
-            f"{counts['rejects']} clips could not be tokenized; see {out_dir}/rejects/"
-        )
-    manifest = completed_manifest(manifest, out_dir)
-    write_token_manifest(manifest, out_dir)
+    with atomic_folder(out_dir) as building:  # replaces out_dir when complete
+        counts = write_chunks(results, chunks, building)
+        if counts["rejects"]:
+            kept = keep_rejects(pq.read_table(building / "rejects"), "tokenize")
+            raise RuntimeError(
+                f"{counts['rejects']} clips could not be tokenized (listed in {kept}); "
+                f"{out_dir} is left as it was"
+            )
+        manifest = completed_manifest(manifest, building)
+        write_token_manifest(manifest, building)
     log.info("wrote %d token shards, clips per split %s", counts["chunks"], manifest.counts)
     return manifest

@@ -209,7 +209,7 @@ def train_step(
             losses["g_adv"] = non_saturating_generator_loss(models.discriminator(recon))
             models.discriminator.requires_grad_(True)
     weights = {
-        "recon": 1.0,
+        "recon": p.recon_weight,
         "commitment": 1.0,  # already scaled by the quantiser's commitment_weight
         "entropy": entropy_weight,
         "perceptual": p.perceptual_weight,
