@@ -103,7 +103,14 @@ def test_figures(model: MagvitTokenizer, clips_dir: Path) -> dict[str, float]:
         result = reconstruct_clips(model, clips, "cpu")
         figures[f"{name}_psnr"] = result["psnr"]
         figures[f"{name}_utilisation"] = result["codebook_utilisation"]
+        figures[f"{name}_same_as_prev_frame"] = same_as_previous_frame(result["tokens"])
     return figures
+
+
+def same_as_previous_frame(tokens: np.ndarray) -> float:
+    """Share of tokens [N, t, h, w] equal to the token at their position one latent frame
+    earlier: what copying scores for the MLM, a proxy for how predictable the tokens are."""
+    return float((tokens[:, 1:] == tokens[:, :-1]).mean())
 
 
 def main() -> None:
