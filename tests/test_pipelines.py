@@ -15,7 +15,7 @@ import yaml
 from magvit.media.video_encode import write_mp4
 from pipelines.champion import CHAMPION, decide_champion, promote_if_better
 from pipelines.end_to_end import DvcLockTimeout, StageFailed, end_to_end
-from pipelines.nightly import nightly_deployment
+from pipelines.nightly import nightly_deployment, nightly_retrain, repo_tracking_uri
 from pipelines.tokenize_corpus import tokenize_corpus
 
 from conftest import ROOT
@@ -310,6 +310,48 @@ def test_nightly_deployment_is_registered_with_the_params_schedule(tmp_path):
         ("30 3 * * 1-5", "Europe/Berlin")
     ]
     assert all(s.active for s in deployment.schedules)
+
+
+def with_overrides(overrides: list[str], **changes: object) -> list[str]:
+    """`overrides` with the keys in `changes` (dots as __) set to new values."""
+    keys = {key.replace("__", "."): value for key, value in changes.items()}
+    kept = [o for o in overrides if o.split("=", 1)[0] not in keys]
+    return kept + [f"{key}={value}" for key, value in keys.items()]
+
+
+def test_nightly_retrain_promotes_a_better_tokenizer_once_and_keeps_a_worse_one(repo, small_run):
+    """After `small_run` (4 tokenizer steps; its versions hold `champion`), a nightly run with
+    10x the steps must win on the metric `evaluate` logs, then one at a negligible lr lose."""
+    from mlflow.tracking import MlflowClient
+
+    name = "magvit2-tokenizer"
+    tiny = [*SMALL_CORPUS, *TINY_TRAINING]
+    metric = yaml.safe_load((repo / "params.yaml").read_text())["schedule"]["champions"][name]
+    client = MlflowClient(repo_tracking_uri(repo))
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+
+    longer = nightly_retrain(
+        repo_dir=str(repo), overrides=with_overrides(tiny, train_tokenizer__steps=40), retries=0
+    )
+    assert longer[name].promote, longer[name]
+    assert longer[name].new > longer[name].current  # both are `evaluate`'s logged values
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
+    assert longer["magvit2-mlm"] is not None and longer["magvit2-mlm"].reason
+
+    untrained = nightly_retrain(
+        repo_dir=str(repo), overrides=with_overrides(tiny, train_tokenizer__lr=1e-9), retries=0
+    )
+    assert not untrained[name].promote, untrained[name]
+    assert untrained[name].new < untrained[name].current == longer[name].new
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
+    newest = client.get_model_version(name, "3")
+    run = client.get_run(newest.run_id).data
+    assert run.tags["champion.decision"] == "kept"
+    assert run.metrics[metric["metric"]] == pytest.approx(untrained[name].new)
+    listed = subprocess.run(
+        [BIN / "dvc", "exp", "list"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    assert listed.count("nightly-") == 2
 
 
 @pytest.mark.parametrize(
