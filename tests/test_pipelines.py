@@ -319,39 +319,38 @@ def with_overrides(overrides: list[str], **changes: object) -> list[str]:
     return kept + [f"{key}={value}" for key, value in keys.items()]
 
 
-def test_nightly_retrain_promotes_a_better_tokenizer_once_and_keeps_a_worse_one(repo, small_run):
-    """After `small_run` (4 tokenizer steps; its versions hold `champion`), a nightly run with
-    10x the steps must win on the metric `evaluate` logs, then one at a negligible lr lose."""
+def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, small_run):
+    """After `small_run` (4 tokenizer steps; its first versions hold `champion`), a nightly run
+    with 10x the steps registers version 2, which must win on the metric `evaluate` logged and
+    take the alias. (One flow run costs ~2.5 minutes here; that a worse version is kept out
+    is test_champion_alias_moves_only_to_a_better_version's, on the same decision code.)"""
     from mlflow.tracking import MlflowClient
 
     name = "magvit2-tokenizer"
-    tiny = [*SMALL_CORPUS, *TINY_TRAINING]
+    git(repo, "checkout", "--", "params.yaml")  # not the failed "strict" experiment's params
     metric = yaml.safe_load((repo / "params.yaml").read_text())["schedule"]["champions"][name]
     client = MlflowClient(repo_tracking_uri(repo))
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    first = client.get_model_version_by_alias(name, CHAMPION)
+    assert str(first.version) == "1"
 
-    longer = nightly_retrain(
-        repo_dir=str(repo), overrides=with_overrides(tiny, train_tokenizer__steps=40), retries=0
-    )
-    assert longer[name].promote, longer[name]
-    assert longer[name].new > longer[name].current  # both are `evaluate`'s logged values
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
-    assert longer["magvit2-mlm"] is not None and longer["magvit2-mlm"].reason
-
-    untrained = nightly_retrain(
-        repo_dir=str(repo), overrides=with_overrides(tiny, train_tokenizer__lr=1e-9), retries=0
-    )
-    assert not untrained[name].promote, untrained[name]
-    assert untrained[name].new < untrained[name].current == longer[name].new
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
-    newest = client.get_model_version(name, "3")
-    run = client.get_run(newest.run_id).data
-    assert run.tags["champion.decision"] == "kept"
-    assert run.metrics[metric["metric"]] == pytest.approx(untrained[name].new)
+    overrides = with_overrides([*SMALL_CORPUS, *TINY_TRAINING], train_tokenizer__steps=40)
+    decisions = nightly_retrain(repo_dir=str(repo), overrides=overrides, retries=0)
+    decision = decisions[name]
+    assert decision.promote, decision
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    assert str(champion.version) == "2"
+    logged = {
+        version.version: client.get_run(version.run_id).data.metrics[metric["metric"]]
+        for version in (first, champion)
+    }  # what `evaluate` logged on each version's training run
+    assert (decision.new, decision.current) == (logged[champion.version], logged[first.version])
+    assert decision.new > decision.current
+    assert client.get_run(champion.run_id).data.tags["champion.decision"] == "promoted"
+    assert decisions["magvit2-mlm"] is not None and decisions["magvit2-mlm"].reason
     listed = subprocess.run(
         [BIN / "dvc", "exp", "list"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
-    assert listed.count("nightly-") == 2
+    assert "nightly-" in listed
 
 
 @pytest.mark.parametrize(
