@@ -312,13 +312,6 @@ def test_nightly_deployment_is_registered_with_the_params_schedule(tmp_path):
     assert all(s.active for s in deployment.schedules)
 
 
-def with_overrides(overrides: list[str], **changes: object) -> list[str]:
-    """`overrides` with the keys in `changes` (dots as __) set to new values."""
-    keys = {key.replace("__", "."): value for key, value in changes.items()}
-    kept = [o for o in overrides if o.split("=", 1)[0] not in keys]
-    return kept + [f"{key}={value}" for key, value in keys.items()]
-
-
 def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, small_run):
     """After `small_run` (4 tokenizer steps; its first versions hold `champion`), a nightly run
     with 10x the steps registers version 2, which must win on the metric `evaluate` logged and
@@ -333,7 +326,8 @@ def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, s
     first = client.get_model_version_by_alias(name, CHAMPION)
     assert str(first.version) == "1"
 
-    overrides = with_overrides([*SMALL_CORPUS, *TINY_TRAINING], train_tokenizer__steps=40)
+    longer = [o for o in TINY_TRAINING if not o.startswith("train_tokenizer.steps=")]
+    overrides = [*SMALL_CORPUS, *longer, "train_tokenizer.steps=40"]
     decisions = nightly_retrain(repo_dir=str(repo), overrides=overrides, retries=0)
     decision = decisions[name]
     assert decision.promote, decision
