@@ -1,7 +1,9 @@
 """The `tokenize` stage, the token shard reader, `validate_tokens` and `detokenize`."""
 
 import json
+import re
 import shutil
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -10,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray.data
 import torch
+import yaml
 from PIL import Image
 
 from magvit.commands.detokenize import detokenize
@@ -36,6 +39,7 @@ from models.tokenizer import MagvitTokenizer, TokenizerConfig
 from stages.validate_tokens import validate_tokens
 
 from clip_fixtures import write_clip_folder
+from conftest import assert_error_line, run_magvit
 
 TINY = {"channels": 8, "norm_groups": 4}
 DECODE = {"num_frames": 5, "crop_size": 32, "resize_short_side": 32}
@@ -194,6 +198,36 @@ def test_stage_errors_name_the_problem(tokenized, tmp_path):
         run_tokenize(root / "clips", str(root / "tokenizer"), odd, tmp_path / "t")
     with pytest.raises(ParamsError, match="leaves no CPU"):
         check_capacity(params(actors=2).tokenize)
+
+
+def test_a_full_disk_stops_the_stage_naming_the_shard_and_a_rerun_completes(
+    tokenized, tmp_path, ray_address
+):
+    """`magvit tokenize-clips` under a file-size limit smaller than a token shard
+    (RLIMIT_FSIZE, as on a full disk): one line naming the shard, no traceback, no token
+    folder, partial shard or build folder left; run again with room, it writes the shards of
+    an uninterrupted run."""
+    root, manifest = tokenized
+    shutil.copytree(root / "clips", tmp_path / "clips")
+    shutil.copytree(root / "tokenizer", tmp_path / "tokenizer")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params().model_dump(mode="json")))
+    max_bytes = min(p.stat().st_size for p in token_shard_paths(root / "tokens")) // 2
+    args = ["tokenize-clips", "--clips", "clips", "--tokenizer", "tokenizer", "--out", "tokens"]
+
+    result = run_magvit(*args, ray_address=ray_address, max_file_bytes=max_bytes, cwd=tmp_path)
+    assert result.returncode == 1
+    line = assert_error_line(result.stderr, "tokenize-clips", "File too large")
+    assert re.search(r"cannot write tokens/(train|val|test)/part-\d{5}\.parquet: ", line), line
+    assert not (tmp_path / "tokens").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokens")]
+
+    result = run_magvit(*args, ray_address=ray_address, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = read_token_manifest(tmp_path / "tokens")
+    assert again.source["input"] == "clips" and replace(again, source=manifest.source) == manifest
+    for path in token_shard_paths(root / "tokens"):
+        again = tmp_path / "tokens" / path.relative_to(root / "tokens")
+        assert pq.read_table(again).equals(pq.read_table(path))
 
 
 def test_each_actor_runs_torch_on_as_many_threads_as_it_holds_cpus():

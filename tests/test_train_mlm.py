@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,11 @@ from magvit.runtime.mlflow_models import model_dir_from_uri
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
-from conftest import check_curve_csvs, stage_paths
+from conftest import check_curve_csvs, stage_argv, stage_paths
+from killed_runs import assert_same_state, kill_after_first_checkpoint, last_state, run_to_end
 
 MAGVIT = Path(sys.executable).parent / "magvit"
+RUN = "mlm"  # Ray Train run folders: mlm-<hash of params and data>
 GRID = (2, 4, 4)  # 5 x 32 x 32 clips through the tiny tokenizer below
 
 
@@ -54,23 +57,30 @@ def write_token_shards(root: Path, bits: int, counts: dict) -> None:
         pq.write_table(pa.Table.from_pylist(rows), root / split / "part-00000.parquet")
 
 
-@pytest.fixture
-def workspace(in_tmp, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
-    tokenizer = tiny_tokenizer(in_tmp / "artifacts" / "tokenizer")
-    write_token_shards(in_tmp / "data" / "tokens", tokenizer.config.bits, {"train": 32, "val": 8})
+def write_params(folder: Path, **train) -> Path:
     params = {
         "seed": 1,
         "decode": {"num_frames": 5, "crop_size": 32, "resize_short_side": 32},
-        "ray": {"train": {"num_workers": 2, "cpus_per_worker": 1}},
+        "ray": {"train": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0}},
         "mlm": {"overrides": {"dim": 32, "depth": 1, "heads": 2}},
         "train_mlm": {
             "steps": 8, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4,
-            "log_every": 2, "eval_every": 4, "storage_path": str(in_tmp / "runs"),
-            "sampling": {"steps": 4, "samples_per_class": 2},
+            "log_every": 2, "eval_every": 4, "storage_path": str(folder / "runs"),
+            "sampling": {"steps": 4, "samples_per_class": 2}, **train,
         },
     }  # fmt: skip
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def workspace(in_tmp, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tokenizer = tiny_tokenizer(in_tmp / "artifacts" / "tokenizer")
+    write_token_shards(in_tmp / "data" / "tokens", tokenizer.config.bits, {"train": 32, "val": 8})
+    write_params(in_tmp)
     return in_tmp
 
 
@@ -128,3 +138,32 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     assert bad.returncode == 2 and "--class-id 99 is out of range; this model has classes 0-7" in (
         bad.stderr
     )
+
+
+def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
+    """SIGKILL after a recorded checkpoint, run again: the run resumes there and ends with the
+    weights and optimiser state of a run that was never interrupted, bit for bit (batches,
+    masks and dropped labels are functions of seed and step)."""
+    train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "log_every": 4}
+    params = write_params(workspace, **train)
+    env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
+    argv = [MAGVIT, "train-mlm", "--params", str(params), *stage_argv("train_mlm")]
+    resume_step = kill_after_first_checkpoint(argv, workspace, env, workspace / "runs", RUN)
+    assert 0 < resume_step < 16
+    assert not (workspace / "artifacts" / "mlm" / "model.safetensors").exists()
+
+    output = run_to_end(argv, workspace, env)
+    assert f"training from step {resume_step} to 16" in output
+    assert re.search(r"train_mlm: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
+    resumed = last_state(workspace / "runs", RUN)
+    assert resumed["step"] == 16
+
+    # the same run never interrupted (its own checkpoint folder makes it a run of its own)
+    reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
+    argv = [MAGVIT, "train-mlm", "--params", str(reference), *stage_argv("train_mlm")]
+    argv[argv.index("--out") + 1] = "reference_model"
+    run_to_end(argv, workspace, env)
+    uninterrupted = last_state(workspace / "reference", RUN)
+    assert uninterrupted["optimizer"]["state"], "the model trained"
+    keys = ("model", "optimizer")
+    assert_same_state({k: resumed[k] for k in keys}, {k: uninterrupted[k] for k in keys})

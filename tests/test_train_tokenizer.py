@@ -1,29 +1,32 @@
 """Tokenizer training on Ray Train with 2 workers: checkpoints, resume, MLflow records."""
 
-import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from magvit.runtime.mlflow_models import model_dir_from_uri
-from magvit.training.ray_harness import STATE_FILE, load_state_file
+from magvit.training.ray_harness import load_state_file
 from models.tokenizer import MagvitTokenizer
 
 from clip_fixtures import write_clip_folder
 from conftest import check_curve_csvs, stage_argv, stage_paths
+from killed_runs import (
+    assert_same_state,
+    checkpoints,
+    kill_after_first_checkpoint,
+    last_state,
+    run_to_end,
+)
 
 MAGVIT = Path(sys.executable).parent / "magvit"
+RUN = "tokenizer"  # Ray Train run folders: tokenizer-<hash of params and data>
 TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}
 
 
@@ -45,45 +48,6 @@ def write_params(folder: Path, **train) -> Path:
     return path
 
 
-def checkpoints(storage: Path) -> list[Path]:
-    return sorted(storage.glob(f"tokenizer-*/checkpoint_*/{STATE_FILE}"))
-
-
-def committed_checkpoints(storage: Path) -> list[Path]:
-    """Checkpoints that Ray Train has recorded in its run's snapshot: those a re-run resumes
-    from. (A checkpoint folder is written first and recorded after; a kill in between leaves
-    a folder that is not resumed from, as Ray Train intends.)"""
-    committed = []
-    for snapshot in storage.glob("tokenizer-*/checkpoint_manager_snapshot.json"):
-        try:
-            results = json.loads(snapshot.read_text())["checkpoint_results"]
-        except (json.JSONDecodeError, KeyError):  # being written
-            continue
-        states = (snapshot.parent / r["checkpoint_dir_name"] / STATE_FILE for r in results)
-        committed += [state for state in states if state.exists()]
-    return sorted(committed)
-
-
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of a session at once and wait until none is left.
-
-    Ray's workers (the Train controller among them) run in process groups of their own, so
-    killing the driver's group leaves them alive for a moment, long enough to record one more
-    checkpoint. Killing the whole session stops them all where they stand."""
-    while members := [p for p in psutil.process_iter() if is_live_member(p, session_id)]:
-        for process in members:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(members, timeout=30)
-
-
-def is_live_member(process: psutil.Process, session_id: int) -> bool:
-    try:
-        return os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return False
-
-
 @pytest.fixture
 def workspace(in_tmp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
@@ -98,7 +62,7 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     paths = stage_paths("train_tokenizer")
     metrics = run(str(write_params(workspace)), paths["clips"], paths["out"], paths["curves"])
 
-    saved = checkpoints(workspace / "runs")
+    saved = checkpoints(workspace / "runs", RUN)
     assert saved, "a checkpoint every checkpoint_every steps"
     state = load_state_file(saved[-1].parent)
     assert set(state) == {
@@ -150,21 +114,6 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     assert torch.equal(loaded.encode(video), exported.encode(video))
 
 
-def assert_same_state(resumed, uninterrupted, path: str = "state") -> None:
-    """Every tensor (weights, optimiser moments, LeCam averages) equal, bit for bit."""
-    if isinstance(resumed, torch.Tensor):
-        assert torch.equal(resumed, uninterrupted), f"{path} differs"
-    elif isinstance(resumed, dict):
-        assert resumed.keys() == uninterrupted.keys(), path
-        for key in resumed:
-            assert_same_state(resumed[key], uninterrupted[key], f"{path}.{key}")
-    elif isinstance(resumed, list | tuple):
-        for i, (a, b) in enumerate(zip(resumed, uninterrupted, strict=True)):
-            assert_same_state(a, b, f"{path}[{i}]")
-    else:
-        assert resumed == uninterrupted, path
-
-
 def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     """SIGKILL after a recorded checkpoint, run again: the run resumes there (same MLflow run)
     and ends with the generator, EMA, discriminator, LeCam state and both optimisers of a run
@@ -173,32 +122,12 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "disc_start_step": 2}
     params = write_params(workspace, **train)
     env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
-    first = subprocess.Popen(
-        [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")],
-        cwd=workspace, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while (
-        not committed_checkpoints(workspace / "runs")
-        and time.time() < deadline
-        and first.poll() is None
-    ):
-        time.sleep(0.5)
-    kill_session(first.pid)
-    first.wait()
-    saved = committed_checkpoints(workspace / "runs")
-    assert saved, "the first run wrote a checkpoint before it was killed"
-    resume_step = max(load_state_file(p.parent)["step"] for p in saved)
+    argv = [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")]
+    resume_step = kill_after_first_checkpoint(argv, workspace, env, workspace / "runs", RUN)
     assert 0 < resume_step < 16
     assert not (workspace / "artifacts" / "tokenizer" / "model.safetensors").exists()
 
-    second = subprocess.run(
-        [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")],
-        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert second.returncode == 0, second.stderr[-3000:]
-    output = second.stdout + second.stderr
+    output = run_to_end(argv, workspace, env)
     assert f"training from step {resume_step} to 16" in output
     assert "training from step 0 to 16" not in output
     assert re.search(r"train_tokenizer: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
@@ -206,7 +135,7 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
                   "Warning:"):  # fmt: skip
         assert noise not in output, f"{noise!r} in the stage's output"
 
-    resumed = load_state_file(checkpoints(workspace / "runs")[-1].parent)
+    resumed = last_state(workspace / "runs", RUN)
     assert resumed["step"] == 16
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(resumed["mlflow_run_id"])
@@ -216,14 +145,10 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
 
     # the same run never interrupted (its own checkpoint folder makes it a run of its own)
     reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
-    argv = [*stage_argv("train_tokenizer")]
+    argv = [MAGVIT, "train-tokenizer", "--params", str(reference), *stage_argv("train_tokenizer")]
     argv[argv.index("--out") + 1] = "reference_model"
-    third = subprocess.run(
-        [MAGVIT, "train-tokenizer", "--params", str(reference), *argv],
-        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert third.returncode == 0, third.stderr[-3000:]
-    uninterrupted = load_state_file(checkpoints(workspace / "reference")[-1].parent)
+    run_to_end(argv, workspace, env)
+    uninterrupted = last_state(workspace / "reference", RUN)
     assert uninterrupted["opt_d"]["state"], "the discriminator trained"
     keys = ("generator", "ema", "discriminator", "lecam", "opt_g", "opt_d")
     assert_same_state({k: resumed[k] for k in keys}, {k: uninterrupted[k] for k in keys})

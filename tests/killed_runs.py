@@ -1,0 +1,105 @@
+"""Kill a training stage after a recorded checkpoint, and compare resumed state to a reference."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from magvit.training.ray_harness import STATE_FILE, load_state_file
+
+
+def checkpoints(storage: Path, run_prefix: str) -> list[Path]:
+    """State files of the runs named `<run_prefix>-<hash>` under `storage`, oldest first."""
+    return sorted(storage.glob(f"{run_prefix}-*/checkpoint_*/{STATE_FILE}"))
+
+
+def last_state(storage: Path, run_prefix: str) -> dict:
+    return load_state_file(checkpoints(storage, run_prefix)[-1].parent)
+
+
+def committed_checkpoints(storage: Path, run_prefix: str) -> list[Path]:
+    """Checkpoints that Ray Train has recorded in its run's snapshot: those a re-run resumes
+    from. (A checkpoint folder is written first and recorded after; a kill in between leaves
+    a folder that is not resumed from, as Ray Train intends.)"""
+    committed = []
+    for snapshot in storage.glob(f"{run_prefix}-*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (json.JSONDecodeError, KeyError):  # being written
+            continue
+        states = (snapshot.parent / r["checkpoint_dir_name"] / STATE_FILE for r in results)
+        committed += [state for state in states if state.exists()]
+    return sorted(committed)
+
+
+def kill_after_first_checkpoint(
+    argv: list[str], cwd: Path, env: dict, storage: Path, run_prefix: str
+) -> int:
+    """Start a training command in a session of its own, SIGKILL the whole session once Ray
+    Train has recorded a checkpoint, and return the step a re-run resumes from."""
+    first = subprocess.Popen(
+        argv, cwd=cwd, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while (
+        not committed_checkpoints(storage, run_prefix)
+        and time.time() < deadline
+        and first.poll() is None
+    ):
+        time.sleep(0.5)
+    kill_session(first.pid)
+    first.wait()
+    saved = committed_checkpoints(storage, run_prefix)
+    assert saved, "the first run wrote a checkpoint before it was killed"
+    return max(load_state_file(p.parent)["step"] for p in saved)
+
+
+def run_to_end(argv: list[str], cwd: Path, env: dict) -> str:
+    """Run a training command to its end; its stdout and stderr."""
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session at once and wait until none is left.
+
+    Ray's workers (the Train controller among them) run in process groups of their own, so
+    killing the driver's group leaves them alive for a moment, long enough to record one more
+    checkpoint. Killing the whole session stops them all where they stand."""
+    while members := [p for p in psutil.process_iter() if is_live_member(p, session_id)]:
+        for process in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(members, timeout=30)
+
+
+def is_live_member(process: psutil.Process, session_id: int) -> bool:
+    try:
+        return os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
+
+
+def assert_same_state(resumed, uninterrupted, path: str = "state") -> None:
+    """Every tensor (weights, optimiser moments, LeCam averages) equal, bit for bit."""
+    if isinstance(resumed, torch.Tensor):
+        assert torch.equal(resumed, uninterrupted), f"{path} differs"
+    elif isinstance(resumed, dict):
+        assert resumed.keys() == uninterrupted.keys(), path
+        for key in resumed:
+            assert_same_state(resumed[key], uninterrupted[key], f"{path}.{key}")
+    elif isinstance(resumed, list | tuple):
+        for i, (a, b) in enumerate(zip(resumed, uninterrupted, strict=True)):
+            assert_same_state(a, b, f"{path}[{i}]")
+    else:
+        assert resumed == uninterrupted, path
