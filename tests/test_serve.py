@@ -1,9 +1,18 @@
-"""`python -m pipelines.serve`'s local Prefect server, started on a port other than 4200."""
+"""The UIs: `python -m pipelines.serve`'s Prefect server on a port other than 4200, and
+`python -m magvit.mlflow_ui` on the runs of a clone that was moved."""
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
 
+from mlflow.tracking import MlflowClient
+
+from magvit.runtime.mlflow_tracking import experiment_id, relocate_artifacts, tracking_uri
 from pipelines.serve import start_server
 
 
@@ -27,3 +36,47 @@ def test_the_ui_of_a_server_on_another_port_calls_that_port(tmp_path, monkeypatc
         server.terminate()
         server.wait(timeout=30)
     assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+
+
+def test_a_moved_clone_shows_its_mlflow_artifacts(tmp_path, monkeypatch):
+    """MLflow stores artifact locations as absolute paths; after the clone moves, the stages
+    and the UI launcher point them at the clone's own mlartifacts/, and the UI serves them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old, new = tmp_path / "old-clone", tmp_path / "new-clone"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    client = MlflowClient(tracking_uri())
+    run_id = client.create_run(experiment_id(client, "moved")).info.run_id
+    (old / "note.txt").write_text("hello")
+    client.log_artifact(run_id, str(old / "note.txt"), "notes")
+    shutil.move(old, new)
+    monkeypatch.chdir(new)
+    client = MlflowClient(tracking_uri())
+    assert client.list_artifacts(run_id, "notes") == [], "the old location is gone"
+
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "magvit.mlflow_ui", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/get-artifact?path=notes/note.txt&run_uuid={run_id}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    served = reply.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.time() < deadline and ui.poll() is None, "the UI did not come up"
+                time.sleep(1)
+    finally:
+        ui.terminate()
+        output = ui.communicate(timeout=30)[0]
+    assert served == "hello"
+    assert f"{(old / 'mlartifacts').as_uri()} now point into ./mlartifacts" in output
+    assert client.get_run(run_id).info.artifact_uri.startswith((new / "mlartifacts").as_uri())
+    assert relocate_artifacts(tracking_uri()) == [], "done once"
+    # a copy of a clone that still exists keeps pointing at the original's artifacts
+    shutil.copytree(new, tmp_path / "copy")
+    assert relocate_artifacts(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}") == []

@@ -4,17 +4,22 @@ Tracking URI: MLFLOW_TRACKING_URI, else `sqlite:///<repo>/mlflow.db`; artifacts 
 experiments go to `<repo>/mlartifacts/`. Only one process writes (the driver or rank 0):
 SQLite locks with parallel writers.
 
-That artifact location is stored as an absolute path, so a moved clone's runs lose their
-artifacts: MLflow makes any relative local location absolute when it creates the
-experiment, and its one relative scheme, `mlflow-artifacts:`, needs an HTTP tracking
-server for every writer, while the stages log straight into SQLite.
+MLflow stores that artifact location as an absolute path (it makes any relative local
+location absolute, and its one relative scheme, `mlflow-artifacts:`, needs an HTTP server
+for every writer, while the stages log straight into SQLite). So that a moved clone keeps
+its artifacts, `relocate_artifacts` points a local SQLite store's locations whose
+`mlartifacts/` folder is gone at the one beside the store; each stage does so before it
+logs, and so does `python -m magvit.mlflow_ui` before it starts the UI.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import sqlite3
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from mlflow.tracking import MlflowClient
 
@@ -22,6 +27,15 @@ ARTIFACTS_DIR = Path("mlartifacts")
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, an empty
 # page for these runs); "custom_model_development" opens the runs table and charts
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# where MLflow's SQLite schema keeps artifact locations (tables absent in a version are skipped)
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+log = logging.getLogger("mlflow_tracking")
 
 
 def tracking_uri() -> str:
@@ -32,7 +46,41 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def relocate_artifacts(uri: str) -> list[str]:
+    """Point a local SQLite store's artifact locations at the `mlartifacts/` beside it where
+    they name an `mlartifacts/` folder that no longer exists (the clone was moved); the old
+    roots rewritten. Other stores, and locations that still exist, are left alone."""
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    artifacts = db_path.resolve().parent / ARTIFACTS_DIR
+    if not uri.startswith("sqlite:///") or not db_path.is_file() or not artifacts.is_dir():
+        return []
+    new_root = artifacts.as_uri()
+    with sqlite3.connect(db_path) as db:
+        tables = {name for (name,) in db.execute("select name from sqlite_master")}
+        if "experiments" not in tables:
+            return []
+        old_roots = sorted(
+            location
+            for (location,) in db.execute("select distinct artifact_location from experiments")
+            if location != new_root
+            and location.startswith("file://")
+            and location.endswith(f"/{ARTIFACTS_DIR.name}")
+            and not Path(unquote(urlparse(location).path)).exists()
+        )
+        for old_root in old_roots:
+            for table, column in LOCATION_COLUMNS:
+                if table in tables:
+                    db.execute(
+                        f"update {table} set {column} = ? || substr({column}, ?) "
+                        f"where {column} = ? or substr({column}, 1, ?) = ?",
+                        (new_root, len(old_root) + 1, old_root, len(old_root) + 1, old_root + "/"),
+                    )
+            log.info("MLflow artifacts moved: %s -> %s", old_root, new_root)
+    return old_roots
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    relocate_artifacts(client.tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id

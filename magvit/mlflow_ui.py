@@ -1,0 +1,33 @@
+"""Open the MLflow UI on this repo's tracking store (MLFLOW_TRACKING_URI or mlflow.db).
+
+A clone that was moved has its stored artifact locations pointed at its own mlartifacts/
+first (magvit.runtime.mlflow_tracking.relocate_artifacts), so the UI shows the artifacts.
+
+    .venv/bin/python -m magvit.mlflow_ui --port 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from magvit.runtime.mlflow_tracking import relocate_artifacts, tracking_uri
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    args = parser.parse_args(argv)
+    uri = tracking_uri()
+    for old_root in relocate_artifacts(uri):
+        print(f"artifact locations under {old_root} now point into ./mlartifacts", flush=True)
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = ["ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    os.execv(mlflow, [str(mlflow), *command])
+
+
+if __name__ == "__main__":
+    main()
