@@ -2,8 +2,9 @@
 
 Reads each stage's metrics file where dvc.yaml declares it (its only copy of the paths), and
 prints per stage the few figures a person checks first, each beside what it is read
-against (baselines, floors, the judge's ceiling), then where the pictures are. The full
-figures stay in the metrics files (`dvc metrics show`).
+against (baselines, floors, the judge's ceiling), then where the pictures are. With `--all`
+it lists every figure of every metrics file, a line each: what `dvc metrics show` prints as
+one table of ~140 columns.
 """
 
 from __future__ import annotations
@@ -106,6 +107,29 @@ def pictures(outputs: list[str], root: Path) -> list[str]:
     return found
 
 
+def flat(metrics: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf, as DVC names the columns."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def every_metric(root: Path) -> str:
+    """Every metrics file dvc.yaml declares, then its figures, one per line."""
+    lines = []
+    for metrics_files, _ in stage_files(root / "dvc.yaml").values():
+        for path in metrics_files:
+            if not (root / path).is_file():
+                lines.append(f"{path}: missing (run `dvc repro`)")
+                continue
+            figures = list(flat(json.loads((root / path).read_text())))
+            width = max((len(key) for key, _ in figures), default=0)
+            lines += [path, *(f"  {key:<{width}}  {format_value(v)}" for key, v in figures)]
+    return "\n".join(lines)
+
+
 def summary(root: Path) -> str:
     files = stage_files(root / "dvc.yaml")
     lines = []
@@ -121,8 +145,9 @@ def summary(root: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="repo root (default .)")
+    parser.add_argument("--all", action="store_true", help="every figure of every metrics file")
     args = parser.parse_args(argv)
-    print(summary(args.root))
+    print(every_metric(args.root) if args.all else summary(args.root))
 
 
 if __name__ == "__main__":

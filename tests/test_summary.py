@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from magvit.summary import HEADLINES, stage_files, summary
+from magvit.summary import HEADLINES, every_metric, stage_files, summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,28 @@ def test_summary_reads_dvc_yaml_paths_and_shows_headlines_and_pictures(tmp_path)
     assert "  artifacts/eval/samples/ (2 pictures)" in lines
     assert "  artifacts/eval/reconstructions.png" in lines
     assert "artifacts/mlm/samples" in mlm_outputs and "mlm/samples" not in text  # no folder
+
+
+def test_all_lists_every_figure_of_each_metrics_file_a_line_each(tmp_path):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    files = stage_files(tmp_path / "dvc.yaml")
+    (eval_metrics,), _ = files["evaluate"]
+    (tmp_path / eval_metrics).parent.mkdir(parents=True)
+    metrics = {"reconstruction": {"synthetic": {"psnr": 21.5234, "clips": 32}}, "bpp": 0.094}
+    (tmp_path / eval_metrics).write_text(json.dumps(metrics))
+
+    lines = every_metric(tmp_path).splitlines()
+    at = lines.index(eval_metrics)
+    assert [line.split() for line in lines[at + 1 : at + 4]] == [
+        ["reconstruction.synthetic.psnr", "21.52"],
+        ["reconstruction.synthetic.clips", "32"],
+        ["bpp", "0.094"],
+    ]
+    (decode_metrics,), _ = files["decode"]
+    assert f"{decode_metrics}: missing (run `dvc repro`)" in lines
+    declared = [path for paths, _ in files.values() for path in paths]
+    headers = [line for line in lines if not line.startswith("  ")]
+    assert [line.split(":")[0] for line in headers] == declared, "each file once, in dvc.yaml order"
 
 
 def test_every_headline_stage_declares_metrics_in_dvc_yaml():
