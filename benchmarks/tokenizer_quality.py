@@ -31,6 +31,7 @@ from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.formats.clip_shards import clip_frames, evenly_spaced, held_out_sets, load_clips
 from magvit.params import Params
 from magvit.training.clip_batches import augment, to_model_input, video_grid
+from magvit.training.ray_harness import step_seed
 from magvit.training.tokenizer_loop import build_models, train_step
 from models.recon_metrics import psnr
 from models.tokenizer import MagvitTokenizer
@@ -75,13 +76,13 @@ def run_variant(params: Params, clips_dir: Path, steps: int, eval_every: int, th
     video_batches = batches(videos, p.batch_size * workers, params.seed)
     image_batches = batches(images, min(len(images), p.image_batch_size * workers), params.seed)
     curve, cpu_seconds = [], 0.0
-    augmentations = np.random.default_rng(params.seed)
     train_probe = videos[evenly_spaced(len(videos), p.eval_clips)]
     for step in range(steps):
         image_step = len(images) and p.image_every and step % p.image_every == p.image_every - 1
         frames = next(image_batches if image_step else video_batches)
         if p.augment:
-            frames = augment(frames, augmentations, p.augment_max_zoom)
+            rng = np.random.default_rng(step_seed(params.seed, step))  # as the stage draws them
+            frames = augment(frames, rng, p.augment_max_zoom, p.augment_colour_orders)
         x = to_model_input(frames)
         started = time.process_time()
         models.generator.train()

@@ -150,7 +150,10 @@ class TrainTokenizerParams(_Strict):
     # image steps also draw single frames of the training videos (as T = 1 clips), not only
     # the few stills: many more distinct images for the spatial code that all frames share
     frames_as_images: bool = True
-    augment: bool = True  # random horizontal flips and colour-channel orders of train clips
+    augment: bool = True  # random horizontal flips of train clips
+    # and random colour-channel orders: off in the profile, where they cost ~1.8 dB and turned
+    # green backgrounds red (README "Tokenizer", rows 28-29)
+    augment_colour_orders: bool = False
     augment_max_zoom: Annotated[float, Field(ge=1, le=4)] = 1.0  # and random zooms up to this
     lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
     warmup_steps: NonNegativeInt = 30

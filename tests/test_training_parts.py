@@ -104,6 +104,12 @@ def test_augment_flips_and_reorders_colours_per_clip_and_nothing_else():
     assert len(seen) >= 6, "the flips and orders vary from clip to clip"
     assert np.array_equal(out, augment(clips, np.random.default_rng(1))), "seeded"
 
+    kept = augment(clips, np.random.default_rng(1), colour_orders=False)
+    flipped = [not np.array_equal(c, k) for c, k in zip(clips, kept, strict=True)]
+    assert 0 < sum(flipped) < len(clips), "flips still vary"
+    for clip, new, flip in zip(clips, kept, flipped, strict=True):
+        assert np.array_equal(clip[:, :, ::-1] if flip else clip, new), "colours as they were"
+
 
 def test_zoom_magnifies_one_crop_the_same_in_every_frame():
     from magvit.training.clip_batches import zoom

@@ -22,13 +22,16 @@ def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(*shape, 3) for b in batch["frames"]])
 
 
-def augment(frames: np.ndarray, rng: np.random.Generator, max_zoom: float = 1.0) -> np.ndarray:
-    """A random horizontal flip and colour-channel order per clip of uint8 [B, T, H, W, 3]:
-    the same shapes, textures and motions in other colours and directions, so a small corpus
-    is not learnt by heart. With `max_zoom` > 1 each clip is also magnified by a random factor
-    in [1, max_zoom] about a random point (the same crop in every frame)."""
+def augment(
+    frames: np.ndarray, rng: np.random.Generator, max_zoom: float = 1.0, colour_orders: bool = True
+) -> np.ndarray:
+    """A random horizontal flip and (with `colour_orders`) colour-channel order per clip of
+    uint8 [B, T, H, W, 3]: the same shapes, textures and motions in other colours and
+    directions, so a small corpus is not learnt by heart. With `max_zoom` > 1 each clip is
+    also magnified by a random factor in [1, max_zoom] about a random point (the same crop in
+    every frame)."""
     flips = rng.random(len(frames)) < 0.5
-    orders = np.stack([rng.permutation(3) for _ in frames])
+    orders = np.stack([rng.permutation(3) if colour_orders else np.arange(3) for _ in frames])
     clips = [
         (clip[:, :, ::-1] if flip else clip)[..., order]
         for clip, flip, order in zip(frames, flips, orders, strict=True)

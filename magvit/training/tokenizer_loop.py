@@ -142,7 +142,7 @@ def train_loop(config: dict) -> None:
         frames = next(images if image_step else videos)
         if p.augment:
             rng = np.random.default_rng(step_seed(seed, step))  # the same draws on resume
-            frames = augment(frames, rng, p.augment_max_zoom)
+            frames = augment(frames, rng, p.augment_max_zoom, p.augment_colour_orders)
         x = to_model_input(frames, device)
         losses, loss_g, grad_norm, quantized = train_step(
             models, generator, discriminator, x, step, p, perceptual, bf16
