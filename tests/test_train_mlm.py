@@ -155,6 +155,8 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     output = run_to_end(argv, workspace, env)
     assert f"training from step {resume_step} to 16" in output
     assert re.search(r"train_mlm: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
+    for noise in ("Reporting training result", "UserWarning"):
+        assert noise not in output, f"{noise!r} in the stage's output"
     resumed = last_state(workspace / "runs", RUN)
     assert resumed["step"] == 16
 

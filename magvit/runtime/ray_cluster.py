@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import ray
 import ray.data
@@ -21,6 +22,9 @@ QUIET_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.data": logging.ERROR,
 }
+# ...and each Train worker's "Reporting training result N: TrainingReport(...)" at every
+# checkpoint, logged at INFO under a logger named after its module's file path
+TRAIN_REPORT_LOGGER = str(Path(ray.__file__).parent / "train/v2/_internal/execution/context.py")
 
 
 def quiet_ray_libraries() -> None:
@@ -28,6 +32,7 @@ def quiet_ray_libraries() -> None:
     modules raise on Ray's own calls; runs in the driver and in every Ray worker."""
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    logging.getLogger(TRAIN_REPORT_LOGGER).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
 
 

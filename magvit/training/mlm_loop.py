@@ -162,7 +162,8 @@ def train_loop(config: dict) -> None:
             shard, p.batch_size, loop.seed + rank, loop.shuffle_buffer, skip=step
         )
     )
-    val_tokens, val_labels = (torch.as_tensor(v).to(device) for v in loop.data["val"])
+    # copies: arrays from Ray's object store are read-only, which torch warns about
+    val_tokens, val_labels = (torch.tensor(v, device=device) for v in loop.data["val"])
     started, window = time.perf_counter(), []
     while step < p.steps:
         tokens, labels = next(batches)
