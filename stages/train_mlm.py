@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 import torch
+from ray.data.expressions import col
 
 from magvit.cli import MODEL_FOLDER, TOKEN_FOLDER, require_path, run_stage
 from magvit.formats.corpus_manifest import class_names
@@ -54,9 +55,10 @@ def model_config(params: Params, tokenizer: MagvitTokenizer):
     return params.mlm.config(tokenizer.config.bits, grid, params.validate_clips.num_classes)
 
 
-def grid_filter(grid) -> str:
+def grid_filter(grid):
+    """A Ray Data predicate: the rows whose token grid is `grid` (t, h, w)."""
     t, h, w = grid
-    return f"grid_t == {t} and grid_h == {h} and grid_w == {w}"
+    return (col("grid_t") == t) & (col("grid_h") == h) & (col("grid_w") == w)
 
 
 def token_table(tokens_dir: Path, split: str, grid):

@@ -315,9 +315,13 @@ def test_nightly_deployment_is_registered_with_the_params_schedule(tmp_path):
 def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, small_run):
     """After `small_run` (4 tokenizer steps; its first versions hold `champion`), a nightly run
     with 10x the steps registers version 2, which must win on the metric `evaluate` logged and
-    take the alias. (One flow run costs ~2.5 minutes here; that a worse version is kept out
-    is test_champion_alias_moves_only_to_a_better_version's, on the same decision code.)"""
+    take the alias. A version 3 of the first run's model (worse on that metric) is then kept
+    out by the flow's decision task. (One flow run costs ~2.5 minutes here, so the worse
+    version is registered directly rather than trained by a second nightly run.)"""
+    import mlflow
     from mlflow.tracking import MlflowClient
+
+    from magvit.runtime.mlflow_models import TokenizerPyfunc, register_model_dir
 
     name = "magvit2-tokenizer"
     git(repo, "checkout", "--", "params.yaml")  # not the failed "strict" experiment's params
@@ -341,6 +345,18 @@ def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, s
     assert decision.new > decision.current
     assert client.get_run(champion.run_id).data.tags["champion.decision"] == "promoted"
     assert decisions["magvit2-mlm"] is not None and decisions["magvit2-mlm"].reason
+
+    uri, previous_uri = repo_tracking_uri(repo), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        worse = register_model_dir(first.run_id, repo / "artifacts" / "tokenizer", name,
+                                   TokenizerPyfunc())  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    kept = promote_if_better(name, metric["metric"], metric["direction"], 0.0, uri)
+    assert worse == "3" and not kept.promote, kept
+    assert (kept.new, kept.current) == (logged[first.version], logged[champion.version])
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "2"
     listed = subprocess.run(
         [BIN / "dvc", "exp", "list"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
