@@ -140,6 +140,13 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     )
 
 
+def stage_outputs() -> dict[str, str]:
+    """metrics.json (with its MLflow run id) and the curve CSVs of the last train_mlm run."""
+    paths = stage_paths("train_mlm")
+    files = [paths["out"] / "metrics.json", *sorted(paths["curves"].iterdir())]
+    return {str(path): path.read_text() for path in files}
+
+
 def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     """SIGKILL after a recorded checkpoint, run again: the run resumes there and ends with the
     weights and optimiser state of a run that was never interrupted, bit for bit (batches,
@@ -159,6 +166,11 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
         assert noise not in output, f"{noise!r} in the stage's output"
     resumed = last_state(workspace / "runs", RUN)
     assert resumed["step"] == 16
+    finished = stage_outputs()
+
+    # run again, finished: nothing to train; the same MLflow run, figures and curves
+    assert "training from step 16 to 16" in run_to_end(argv, workspace, env)
+    assert stage_outputs() == finished
 
     # the same run never interrupted (its own checkpoint folder makes it a run of its own)
     reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))

@@ -91,18 +91,25 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def start_or_resume_run(client: MlflowClient, experiment: str, run_key: str, params: dict) -> str:
-    """The id of the unfinished run tagged `run_key`, or of a new run with `params` logged.
+    """The id of the newest run tagged `run_key` (reopened if it had ended), or of a new run
+    with `params` logged.
 
-    A training job killed half-way logs into the same MLflow run when it resumes.
+    One training definition is one MLflow run: a job killed half-way logs into it when it
+    resumes, and a finished one run again (its stage rerun for a change that does not touch
+    the training, which Ray Train resumes at the last step) keeps the curves it logged.
     """
     exp_id = experiment_id(client, experiment)
     found = client.search_runs(
         [exp_id],
-        filter_string=f"tags.run_key = '{run_key}' and attributes.status != 'FINISHED'",
+        filter_string=f"tags.run_key = '{run_key}'",
+        order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     if found:
-        return found[0].info.run_id
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
     run = client.create_run(exp_id, run_name=run_key, tags={"run_key": run_key})
     for key, value in sorted(params.items()):
         client.log_param(run.info.run_id, key, str(value)[:6000])
