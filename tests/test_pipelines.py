@@ -312,13 +312,14 @@ def test_nightly_deployment_is_registered_with_the_params_schedule(tmp_path):
     assert all(s.active for s in deployment.schedules)
 
 
-def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, small_run):
+def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(
+    repo, small_run, monkeypatch
+):
     """After `small_run` (4 tokenizer steps; its first versions hold `champion`), a nightly run
     with 10x the steps registers version 2, which must win on the metric `evaluate` logged and
     take the alias. A version 3 of the first run's model (worse on that metric) is then kept
     out by the flow's decision task. (One flow run costs ~2.5 minutes here, so the worse
     version is registered directly rather than trained by a second nightly run.)"""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from magvit.runtime.mlflow_models import TokenizerPyfunc, register_model_dir
@@ -346,13 +347,10 @@ def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(repo, s
     assert client.get_run(champion.run_id).data.tags["champion.decision"] == "promoted"
     assert decisions["magvit2-mlm"] is not None and decisions["magvit2-mlm"].reason
 
-    uri, previous_uri = repo_tracking_uri(repo), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        worse = register_model_dir(first.run_id, repo / "artifacts" / "tokenizer", name,
-                                   TokenizerPyfunc())  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    uri = repo_tracking_uri(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for register_model_dir's mlflow calls
+    worse = register_model_dir(first.run_id, repo / "artifacts" / "tokenizer", name,
+                               TokenizerPyfunc())  # fmt: skip
     kept = promote_if_better(name, metric["metric"], metric["direction"], 0.0, uri)
     assert worse == "3" and not kept.promote, kept
     assert (kept.new, kept.current) == (logged[first.version], logged[champion.version])
