@@ -29,15 +29,10 @@ repro: install
 
 ## test: install with dev extras, then run the test suite
 # Two pytest workers, each file's tests on one of them (module fixtures stay shared): much of
-# the suite waits on process start-ups, so two workers on 2 cores beat one. The files that
-# take minutes start first, so that the short ones fill in around them (xdist would otherwise
-# order files by their number of tests, and leave the long few-test files for the end).
+# the suite waits on process start-ups, so two workers on 2 cores take 11.5-13 min, not ~15.
 TEST_WORKERS ?= 2
-SLOW_TESTS = tests/test_pipelines.py tests/test_train_tokenizer.py tests/test_train_mlm.py
 test: install-dev
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
-		--no-loadscope-reorder --durations=25 \
-		$(SLOW_TESTS) $(filter-out $(SLOW_TESTS),$(wildcard tests/test_*.py))
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 ## serve: start a local Prefect server (unless PREFECT_API_URL is set) and serve the flows
 serve: install
