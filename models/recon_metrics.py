@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 
 def psnr(reference: np.ndarray, test: np.ndarray, data_range: float = 255.0) -> float:
@@ -80,6 +79,10 @@ def ms_ssim(reference: np.ndarray, test: np.ndarray) -> float:
     with fewer scales they sit closer to 1 than the 5-scale metric would. Computed in float32
     (within 1e-5 of float64, and ~10x faster on CPU).
     """
+    # imported here: torchmetrics pulls in scipy.signal and matplotlib (~1 CPU s), which
+    # every training process and Ray Train worker would pay for a metric only evaluate uses
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     if reference.shape != test.shape:
         raise ValueError(f"shapes differ: {reference.shape} vs {test.shape}")
     ref, out = _frames_nchw(reference), _frames_nchw(test)

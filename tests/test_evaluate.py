@@ -114,7 +114,8 @@ def test_models_from_another_tracking_store_stop_evaluate_before_any_work(eval_w
 @pytest.fixture
 def eval_workspace(in_tmp, monkeypatch):
     """Clips, a tokenizer, an MLM and a domain classifier, with MLflow runs of the models."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     write_clip_folder(in_tmp / "data" / "clips", frames=5, size=32)
     torch.manual_seed(0)
     tokenizer = MagvitTokenizer(TokenizerConfig.preset("cpu"))
@@ -122,7 +123,7 @@ def eval_workspace(in_tmp, monkeypatch):
     mlm = MaskedTokenTransformer(
         MLMConfig(bits=tokenizer.config.bits, num_factors=1, grid=grid, dim=32, depth=1, heads=2)
     )
-    client = MlflowClient()
+    client = MlflowClient(uri)  # not the process's URI: a stage run in-process may have set it
     experiment = client.create_experiment("models")
     for name, model in (("tokenizer", tokenizer), ("mlm", mlm)):
         model.save_pretrained(in_tmp / "artifacts" / name)
