@@ -331,8 +331,11 @@ def test_nightly_retrain_promotes_a_better_tokenizer_on_evaluates_metric(
     first = client.get_model_version_by_alias(name, CHAMPION)
     assert str(first.version) == "1"
 
-    longer = [o for o in TINY_TRAINING if not o.startswith("train_tokenizer.steps=")]
-    overrides = [*SMALL_CORPUS, *longer, "train_tokenizer.steps=40"]
+    # 10x the steps, with checkpoints, evaluations and pictures at the end only
+    every = ("steps", "checkpoint_every", "eval_every", "image_log_every")
+    longer = [f"train_tokenizer.{key}=40" for key in every]
+    kept = [o for o in TINY_TRAINING if o.split("=")[0] not in {o.split("=")[0] for o in longer}]
+    overrides = [*SMALL_CORPUS, *kept, *longer]
     decisions = nightly_retrain(repo_dir=str(repo), overrides=overrides, retries=0)
     decision = decisions[name]
     assert decision.promote, decision
