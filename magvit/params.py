@@ -253,6 +253,7 @@ class TrainMLMParams(_Strict):
         0.96,
     )
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
     label_drop: Annotated[float, Field(ge=0, le=1)] = 0.1  # for classifier-free guidance
     frame_prediction_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
     condition_frames: PositiveInt = 1  # latent frames given as the frame-prediction condition

@@ -88,6 +88,7 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     from stages.train_mlm import TRAIN_CURVES, VAL_CURVES, run
 
     paths = stage_paths("train_mlm")
+    write_params(workspace, bf16="on")  # the GPU path (autocast) on CPU workers
     metrics = run(
         "params.yaml", paths["tokens"], paths["tokenizer"], paths["classes"], paths["out"],
         paths["samples"], paths["curves"],
@@ -110,6 +111,7 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     for key in ("loss/masked_tokens", "train/masked_accuracy", "lr", "tokens_per_s",
                 "val/class_accuracy", "val/frame_prediction_accuracy"):  # fmt: skip
         assert key in run_info.data.metrics, key
+    assert run_info.data.params["train.bf16"] == "on"
     curves = {"train": TRAIN_CURVES, "val": VAL_CURVES}
     check_curve_csvs(client, run_info.info.run_id, paths["curves"], curves)
     assert len((paths["curves"] / "val.csv").read_text().splitlines()) == 1 + 2  # steps 4, 8

@@ -60,7 +60,8 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     from stages.train_tokenizer import GAN_CURVES, TRAIN_CURVES, VAL_CURVES, run
 
     paths = stage_paths("train_tokenizer")
-    metrics = run(str(write_params(workspace)), paths["clips"], paths["out"], paths["curves"])
+    params = write_params(workspace, bf16="on")  # the GPU path (autocast) on CPU workers
+    metrics = run(str(params), paths["clips"], paths["out"], paths["curves"])
 
     saved = checkpoints(workspace / "runs", RUN)
     assert saved, "a checkpoint every checkpoint_every steps"
@@ -96,6 +97,7 @@ def test_two_workers_train_checkpoint_and_record_everything(workspace, ray_local
     val_rows = (paths["curves"] / "val.csv").read_text().splitlines()[1:]
     assert 0 < len(val_rows) < 6  # evaluation steps only, not every logged step
     assert run.data.params["train.steps"] == "6" and run.info.status == "FINISHED"
+    assert run.data.params["train.bf16"] == "on"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "not GenAI"
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]

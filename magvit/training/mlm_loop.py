@@ -19,6 +19,7 @@ import torch
 
 from magvit.evaluation.baselines import copy_last_condition_frame, copy_neighbour_tokens
 from magvit.params import TrainMLMParams
+from magvit.training.precision import autocast, use_bf16
 from magvit.training.ray_harness import (
     LoopConfig,
     checkpoint_state,
@@ -131,6 +132,30 @@ def masked_token_metrics(
     return results
 
 
+def train_step(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    lr: float,
+    grad_clip: float,
+    bf16: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on batch (masked input [B, N], labels [B], targets [B, N], mask
+    [B, N]); the forward under bf16 autocast when `bf16`, the loss in float32.
+    `network` is the (DDP-wrapped) model. Returns (loss, logits)."""
+    inputs, labels, targets, mask = batch
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(bf16, inputs.device):
+        logits = network(inputs, labels)
+    loss = masked_token_loss(logits, targets, mask)  # float32: it upcasts the logits
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
 def train_loop(config: dict) -> None:
     """Ray Train entry point; `config["loop"]` is the LoopConfig of stages.train_mlm
     (data: `val`, the validation token grids and labels as numpy arrays)."""
@@ -151,6 +176,7 @@ def train_loop(config: dict) -> None:
 
     step = resume(worker, load, p.steps)
     network = ray.train.torch.prepare_model(model)
+    bf16 = use_bf16(p.bf16, device)
 
     no_label = model.no_label_id
     condition_tokens = p.condition_frames * model_config.grid[1] * model_config.grid[2]
@@ -175,14 +201,9 @@ def train_loop(config: dict) -> None:
             t.to(device) for t in (tokens, inputs, task_labels, mask)
         )
         lr = warmup_cosine_lr(step, p.lr, p.warmup_steps, p.steps, p.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = network(inputs, task_labels)
-        loss = masked_token_loss(logits, tokens, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        optimizer.step()
+        loss, logits = train_step(
+            network, optimizer, (inputs, task_labels, tokens, mask), lr, p.grad_clip, bf16
+        )
         step += 1
         window.append(
             (float(loss.detach()), float(masked_token_accuracy(logits.detach(), tokens, mask)))

@@ -10,7 +10,6 @@ corpus has them, so one vocabulary serves images and videos.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import torch
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.params import TrainTokenizerParams
 from magvit.training.clip_batches import augment, batch_frames, to_model_input, video_grid
+from magvit.training.precision import autocast, use_bf16
 from magvit.training.ray_harness import (
     LoopConfig,
     checkpoint_state,
@@ -87,12 +87,6 @@ def build_models(model_config: TokenizerConfig, p: TrainTokenizerParams, device)
         opt_g=torch.optim.Adam(generator.parameters(), lr=p.lr, betas=p.betas),
         opt_d=torch.optim.Adam(discriminator.parameters(), lr=p.lr, betas=p.betas),
     )
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    if setting == "on":
-        return True
-    return setting == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def train_loop(config: dict) -> None:
@@ -190,12 +184,8 @@ def train_step(
         step, p.entropy_weight, p.entropy_start_multiplier, p.entropy_decay_steps
     )
     gan_on = step >= p.disc_start_step and p.gan_weight > 0
-    autocast = (
-        torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
-
     # generator step
-    with autocast:
+    with autocast(bf16, x.device):
         recon, quantized = generator(x)
         losses = {
             "recon": reconstruction_loss(recon.float(), x, p.recon_loss),
@@ -224,7 +214,7 @@ def train_step(
 
     # discriminator step: real and fake in one forward (DDP sees each parameter once)
     if gan_on:
-        with autocast:
+        with autocast(bf16, x.device):
             logits = discriminator(torch.cat([x, recon.detach()])).float()
         real, fake = logits.chunk(2)
         losses["d_hinge"] = hinge_discriminator_loss(real, fake)
