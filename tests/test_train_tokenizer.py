@@ -121,7 +121,8 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     and ends with the generator, EMA, discriminator, LeCam state and both optimisers of a run
     that was never interrupted, bit for bit: the data order and the augmentations are a
     function of seed and step, and the RNGs are restored."""
-    train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "disc_start_step": 2}
+    train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "image_log_every": 16,
+             "disc_start_step": 2}  # fmt: skip
     params = write_params(workspace, **train)
     env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
     argv = [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")]
