@@ -15,6 +15,22 @@ import torch
 
 from magvit.training.ray_harness import STATE_FILE, load_state_file
 
+from conftest import MAGVIT, stage_argv
+
+
+def stage_command(command: str, stage: str, params: Path, out: str | None = None) -> list:
+    """`magvit COMMAND --params PARAMS` with dvc.yaml's paths of `stage`; `out` replaces the
+    `--out` folder (a reference run beside the one under test)."""
+    argv = [MAGVIT, command, "--params", str(params), *stage_argv(stage)]
+    if out is not None:
+        argv[argv.index("--out") + 1] = out
+    return argv
+
+
+def command_env() -> dict[str, str]:
+    """This environment with the `magvit` of this Python first on PATH."""
+    return {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
+
 
 def checkpoints(storage: Path, run_prefix: str) -> list[Path]:
     """State files of the runs named `<run_prefix>-<hash>` under `storage`, oldest first."""
@@ -63,11 +79,26 @@ def kill_after_first_checkpoint(
     return max(load_state_file(p.parent)["step"] for p in saved)
 
 
-def run_to_end(argv: list[str], cwd: Path, env: dict) -> str:
+def run_to_end(argv: list, cwd: Path, env: dict | None = None) -> str:
     """Run a training command to its end; its stdout and stderr."""
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        argv, cwd=cwd, env=env or command_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
+
+
+def kill_then_resume(argv: list, cwd: Path, run_prefix: str, steps: int, export: Path) -> tuple:
+    """SIGKILL a `steps`-step training command (checkpoints under cwd/runs) after its first
+    recorded checkpoint, check it exported nothing, and run it again to the end: returns
+    (the step it resumed from, the second run's output)."""
+    env = command_env()
+    resume_step = kill_after_first_checkpoint(argv, cwd, env, cwd / "runs", run_prefix)
+    assert 0 < resume_step < steps
+    assert not export.exists(), "a killed run exports no model"
+    output = run_to_end(argv, cwd, env)
+    assert f"training from step {resume_step} to {steps}" in output
+    return resume_step, output
 
 
 def kill_session(session_id: int) -> None:

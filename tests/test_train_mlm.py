@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,10 +18,9 @@ from magvit.runtime.mlflow_models import model_dir_from_uri
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
-from conftest import check_curve_csvs, stage_argv, stage_paths
-from killed_runs import assert_same_state, kill_after_first_checkpoint, last_state, run_to_end
+from conftest import MAGVIT, check_curve_csvs, stage_paths
+from killed_runs import assert_same_state, kill_then_resume, last_state, run_to_end, stage_command
 
-MAGVIT = Path(sys.executable).parent / "magvit"
 RUN = "mlm"  # Ray Train run folders: mlm-<hash of params and data>
 GRID = (2, 4, 4)  # 5 x 32 x 32 clips through the tiny tokenizer below
 
@@ -154,15 +152,9 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     weights and optimiser state of a run that was never interrupted, bit for bit (batches,
     masks and dropped labels are functions of seed and step)."""
     train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "log_every": 4}
-    params = write_params(workspace, **train)
-    env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
-    argv = [MAGVIT, "train-mlm", "--params", str(params), *stage_argv("train_mlm")]
-    resume_step = kill_after_first_checkpoint(argv, workspace, env, workspace / "runs", RUN)
-    assert 0 < resume_step < 16
-    assert not (workspace / "artifacts" / "mlm" / "model.safetensors").exists()
-
-    output = run_to_end(argv, workspace, env)
-    assert f"training from step {resume_step} to 16" in output
+    argv = stage_command("train-mlm", "train_mlm", write_params(workspace, **train))
+    model = workspace / "artifacts" / "mlm" / "model.safetensors"
+    _, output = kill_then_resume(argv, workspace, RUN, 16, model)
     assert re.search(r"train_mlm: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
     for noise in ("Reporting training result", "UserWarning"):
         assert noise not in output, f"{noise!r} in the stage's output"
@@ -171,14 +163,12 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     finished = stage_outputs()
 
     # run again, finished: nothing to train; the same MLflow run, figures and curves
-    assert "training from step 16 to 16" in run_to_end(argv, workspace, env)
+    assert "training from step 16 to 16" in run_to_end(argv, workspace)
     assert stage_outputs() == finished
 
     # the same run never interrupted (its own checkpoint folder makes it a run of its own)
     reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
-    argv = [MAGVIT, "train-mlm", "--params", str(reference), *stage_argv("train_mlm")]
-    argv[argv.index("--out") + 1] = "reference_model"
-    run_to_end(argv, workspace, env)
+    run_to_end(stage_command("train-mlm", "train_mlm", reference, "reference_model"), workspace)
     uninterrupted = last_state(workspace / "reference", RUN)
     assert uninterrupted["optimizer"]["state"], "the model trained"
     keys = ("model", "optimizer")

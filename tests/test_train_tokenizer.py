@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,16 @@ from magvit.training.ray_harness import load_state_file
 from models.tokenizer import MagvitTokenizer
 
 from clip_fixtures import write_clip_folder
-from conftest import check_curve_csvs, stage_argv, stage_paths
+from conftest import check_curve_csvs, stage_paths
 from killed_runs import (
     assert_same_state,
     checkpoints,
-    kill_after_first_checkpoint,
+    kill_then_resume,
     last_state,
     run_to_end,
+    stage_command,
 )
 
-MAGVIT = Path(sys.executable).parent / "magvit"
 RUN = "tokenizer"  # Ray Train run folders: tokenizer-<hash of params and data>
 TINY_MODEL = {"channels": 8, "norm_groups": 4, "num_frames": 5, "resolution": 32}
 
@@ -123,15 +122,9 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     function of seed and step, and the RNGs are restored."""
     train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "image_log_every": 16,
              "disc_start_step": 2}  # fmt: skip
-    params = write_params(workspace, **train)
-    env = {**os.environ, "PATH": f"{MAGVIT.parent}{os.pathsep}{os.environ['PATH']}"}
-    argv = [MAGVIT, "train-tokenizer", "--params", str(params), *stage_argv("train_tokenizer")]
-    resume_step = kill_after_first_checkpoint(argv, workspace, env, workspace / "runs", RUN)
-    assert 0 < resume_step < 16
-    assert not (workspace / "artifacts" / "tokenizer" / "model.safetensors").exists()
-
-    output = run_to_end(argv, workspace, env)
-    assert f"training from step {resume_step} to 16" in output
+    argv = stage_command("train-tokenizer", "train_tokenizer", write_params(workspace, **train))
+    model = workspace / "artifacts" / "tokenizer" / "model.safetensors"
+    resume_step, output = kill_then_resume(argv, workspace, RUN, 16, model)
     assert "training from step 0 to 16" not in output
     assert re.search(r"train_tokenizer: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
     for noise in ("Failed to query Ray Train", "Execution plan of", "Checkpoint successfully",
@@ -148,9 +141,8 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
 
     # the same run never interrupted (its own checkpoint folder makes it a run of its own)
     reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
-    argv = [MAGVIT, "train-tokenizer", "--params", str(reference), *stage_argv("train_tokenizer")]
-    argv[argv.index("--out") + 1] = "reference_model"
-    run_to_end(argv, workspace, env)
+    argv = stage_command("train-tokenizer", "train_tokenizer", reference, "reference_model")
+    run_to_end(argv, workspace)
     uninterrupted = last_state(workspace / "reference", RUN)
     assert uninterrupted["opt_d"]["state"], "the discriminator trained"
     keys = ("generator", "ema", "discriminator", "lecam", "opt_g", "opt_d")
