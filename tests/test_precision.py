@@ -3,13 +3,24 @@
 import pytest
 import torch
 
-from magvit.params import TrainMLMParams, TrainTokenizerParams
+from magvit.params import TrainTokenizerParams
 from magvit.training import mlm_loop, tokenizer_loop
 from magvit.training.precision import use_bf16
 from models.mlm import MaskedTokenTransformer, MLMConfig, mask_tokens
 from models.tokenizer import TokenizerConfig
 
 CPU = torch.device("cpu")
+# the same steps on a GPU where one is present (`pytest -m gpu` runs only those)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ],
+    ),
+]
 
 
 def output_dtypes(module: torch.nn.Module, kind: type) -> list[torch.dtype]:
@@ -26,18 +37,26 @@ def test_the_setting_turns_bf16_on_off_or_on_for_capable_gpus_only():
     assert not use_bf16("auto", CPU)  # autocast on CPU is for testing the path, not speed
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_auto_means_bf16_on_a_gpu_that_has_it():
+    cuda = torch.device("cuda")
+    assert use_bf16("auto", cuda) == torch.cuda.is_bf16_supported() and not use_bf16("off", cuda)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bf16", [True, False])
-def test_tokenizer_step_runs_its_convolutions_in_bf16_when_on(bf16):
+def test_tokenizer_step_runs_its_convolutions_in_bf16_when_on(bf16, device):
     torch.manual_seed(0)
     config = TokenizerConfig.from_dict(
         {**TokenizerConfig.preset("cpu").to_dict(), "channels": 8, "norm_groups": 4}
     )
     p = TrainTokenizerParams(steps=4, warmup_steps=1, disc_start_step=0, gan_weight=0.1)
-    models = tokenizer_loop.build_models(config, p, CPU)
+    models = tokenizer_loop.build_models(config, p, torch.device(device))
     convs = output_dtypes(models.generator, torch.nn.Conv3d)
     disc_convs = output_dtypes(models.discriminator, torch.nn.Conv3d)
     before = [q.detach().clone() for q in models.generator.parameters()]
-    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    x = torch.rand(2, 3, 5, 32, 32, device=device) * 2 - 1
     losses, loss_g, _, _ = tokenizer_loop.train_step(
         models, models.generator, models.discriminator, x, 1, p, bf16=bf16
     )
@@ -51,22 +70,22 @@ def test_tokenizer_step_runs_its_convolutions_in_bf16_when_on(bf16):
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bf16", [True, False])
-def test_mlm_step_runs_the_transformer_in_bf16_when_on(bf16):
+def test_mlm_step_runs_the_transformer_in_bf16_when_on(bf16, device):
     torch.manual_seed(0)
     config = MLMConfig(
         bits=6, num_factors=2, grid=(3, 4, 4), num_classes=4, dim=32, depth=2, heads=4
     )
-    model = MaskedTokenTransformer(config)
+    model = MaskedTokenTransformer(config).to(device)
     linears = output_dtypes(model, torch.nn.Linear)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    p = TrainMLMParams(bf16="on" if bf16 else "off")
-    tokens = torch.randint(0, 2**6, (4, 48))
-    inputs, mask = mask_tokens(tokens, torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 1, 2, 4])
+    tokens = torch.randint(0, 2**6, (4, 48), device=device)
+    inputs, mask = mask_tokens(tokens, torch.Generator(device).manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 4], device=device)
     before = [q.detach().clone() for q in model.parameters()]
     loss, logits = mlm_loop.train_step(
-        model, optimizer, (inputs, labels, tokens, mask), 1e-3, p.grad_clip, use_bf16(p.bf16, CPU)
+        model, optimizer, (inputs, labels, tokens, mask), 1e-3, 1.0, bf16
     )
     expected = torch.bfloat16 if bf16 else torch.float32
     assert linears and set(linears) == {expected}
