@@ -29,7 +29,8 @@ repro: install
 
 ## test: install with dev extras, then run the test suite
 # Two pytest workers, each file's tests on one of them (module fixtures stay shared): much of
-# the suite waits on process start-ups, so two workers on 2 cores beat one (see README "Tests").
+# the suite waits on process start-ups, so two workers on 2 cores beat one; three were slower
+# (see README "Tests").
 TEST_WORKERS ?= 2
 test: install-dev
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
