@@ -82,10 +82,8 @@ def tokenizer_step(params: Params, device: torch.device, repeats: int) -> dict[s
 
 
 def mlm_step(params: Params, device: torch.device, repeats: int) -> dict[str, str]:
-    p, decode = params.train_mlm, params.decode
-    tokenizer_config = params.tokenizer.config()
-    grid = tokenizer_config.latent_shape(decode.num_frames, decode.crop_size, decode.crop_size)
-    config = params.mlm.config(tokenizer_config.bits, grid, params.validate_clips.num_classes)
+    p = params.train_mlm
+    config = params.mlm_config(params.tokenizer.config())
     model = MaskedTokenTransformer(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=p.betas)
     tokens = torch.randint(0, config.vocab_size, (p.batch_size, config.num_tokens), device=device)

@@ -29,6 +29,7 @@ class _Strict(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+BF16Setting = Literal["auto", "on", "off"]  # auto: on for GPUs that support it
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
@@ -176,7 +177,7 @@ class TrainTokenizerParams(_Strict):
     disc_channels: PositiveInt = 8
     lecam_weight: Weight = 0.05
     lecam_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
+    bf16: BF16Setting = "auto"
     checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 100
@@ -253,7 +254,7 @@ class TrainMLMParams(_Strict):
         0.96,
     )
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on for GPUs that support it
+    bf16: BF16Setting = "auto"
     label_drop: Annotated[float, Field(ge=0, le=1)] = 0.1  # for classifier-free guidance
     frame_prediction_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
     condition_frames: PositiveInt = 1  # latent frames given as the frame-prediction condition
@@ -362,6 +363,13 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     schedule: ScheduleParams = ScheduleParams()
 
+    def mlm_config(self, tokenizer_config):
+        """The masked model's config: its token grid, vocabulary and classes follow from the
+        tokenizer, the clip shape and validate_clips.num_classes."""
+        d = self.decode
+        grid = tokenizer_config.latent_shape(d.num_frames, d.crop_size, d.crop_size)
+        return self.mlm.config(tokenizer_config.bits, grid, self.validate_clips.num_classes)
+
 
 def check_clip_shape(params: Params, config) -> None:
     """The decoded clip shape must suit the tokenizer's down-sampling factors."""
@@ -393,8 +401,8 @@ def parse_params(raw: dict, source: str = "params") -> Params:
         raise ParamsError(_describe(error, source)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+def read_params_mapping(path: str | Path) -> dict:
+    """The raw mapping of a params file (params.yaml or a profile), not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
@@ -404,4 +412,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
-    return parse_params(raw, str(path))
+    return raw or {}
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(read_params_mapping(path), str(path))

@@ -18,19 +18,7 @@ from pathlib import Path
 import yaml
 
 from magvit.errors import UserInputError
-from magvit.params import PARAMS_FILE, Params, parse_params
-
-
-def read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise UserInputError(f"profile not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserInputError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise UserInputError(f"{path} must hold a mapping of params keys")
-    return raw
+from magvit.params import PARAMS_FILE, Params, parse_params, read_params_mapping
 
 
 def set_param_args(profile: dict, base: dict, prefix: str = "") -> list[str]:
@@ -71,8 +59,8 @@ def check(params: Params) -> dict[str, object]:
 
     decode, train = params.decode, params.train_tokenizer
     tokenizer_config = params.tokenizer.config()
-    grid = tokenizer_config.latent_shape(decode.num_frames, decode.crop_size, decode.crop_size)
-    mlm_config = params.mlm.config(tokenizer_config.bits, grid, params.validate_clips.num_classes)
+    mlm_config = params.mlm_config(tokenizer_config)
+    grid = mlm_config.grid
 
     with torch.device("meta"):
         tokenizer = MagvitTokenizer(tokenizer_config)
@@ -115,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        base, profile = read_mapping(args.params), read_mapping(args.profile)
+        base, profile = read_params_mapping(args.params), read_params_mapping(args.profile)
         overrides = set_param_args(profile, base)
         if not args.check:
             print(shlex.join(arg for pair in overrides for arg in ("-S", pair)))

@@ -48,13 +48,6 @@ PROGRESS = ProgressSpec(
 )  # fmt: skip
 
 
-def model_config(params: Params, tokenizer: MagvitTokenizer):
-    grid = tokenizer.config.latent_shape(
-        params.decode.num_frames, params.decode.crop_size, params.decode.crop_size
-    )
-    return params.mlm.config(tokenizer.config.bits, grid, params.validate_clips.num_classes)
-
-
 def grid_filter(grid):
     """A Ray Data predicate: the rows whose token grid is `grid` (t, h, w)."""
     t, h, w = grid
@@ -116,7 +109,7 @@ def run(
 ) -> dict:
     params = load_params(params_path)
     tokenizer = MagvitTokenizer.from_pretrained(tokenizer_dir).eval()
-    config = model_config(params, tokenizer)
+    config = params.mlm_config(tokenizer.config)
     train, ray_train = params.train_mlm, params.ray.train
     train_table, train_paths = token_table(tokens_dir, "train", config.grid)
     val_table, _ = token_table(tokens_dir, "val", config.grid)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
 
-BF16Setting = Literal["auto", "on", "off"]
+from magvit.params import BF16Setting
 
 
 def use_bf16(setting: BF16Setting, device: torch.device) -> bool:
