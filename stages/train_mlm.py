@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray.data
 import torch
 from ray.data.expressions import col
 
@@ -30,6 +29,7 @@ from magvit.media.video_encode import write_gif
 from magvit.params import Params, load_params
 from magvit.runtime.mlflow_models import MLMPyfunc
 from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
+from magvit.runtime.ray_cluster import driver_table_dataset
 from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from magvit.training.mlm_loop import masked_token_metrics, to_token_tensors, train_loop
 from magvit.training.progress import ProgressSpec
@@ -123,9 +123,9 @@ def run(
     val_tokens, val_labels = to_token_tensors(
         val_table["tokens"].to_pylist(), val_table["label"].to_pylist(), config.num_classes
     )
+    columns = ["label", "grid_t", "grid_h", "grid_w", "tokens"]
     datasets = {
-        "tokens": ray.data.read_parquet([str(p.resolve()) for p in train_paths])
-        .select_columns(["label", "grid_t", "grid_h", "grid_w", "tokens"])
+        "tokens": driver_table_dataset([str(p.resolve()) for p in train_paths], columns)
         .filter(expr=grid_filter(config.grid))
         .materialize()
     }

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import ray.data
 import torch
 from ray.data.expressions import col
 
@@ -35,6 +34,7 @@ from magvit.logs import configure_logging
 from magvit.params import check_clip_shape, load_params
 from magvit.runtime.mlflow_models import TokenizerPyfunc
 from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
+from magvit.runtime.ray_cluster import driver_table_dataset
 from magvit.training.progress import ProgressSpec
 from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
 from magvit.training.tokenizer_loop import train_loop
@@ -73,7 +73,7 @@ def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple
     the stills and, with `frames_as_images`, every frame of the videos."""
     columns = ["num_frames", "height", "width", "frames"]
     counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
-    base = ray.data.read_parquet([str(p.resolve()) for p in train_shards]).select_columns(columns)
+    base = driver_table_dataset([str(p.resolve()) for p in train_shards], columns)
     videos = base.filter(expr=col("num_frames") > 1).materialize()
     datasets = {"videos": videos}
     images = base.filter(expr=col("num_frames") == 1) if (counts == 1).any() else None

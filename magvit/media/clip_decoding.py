@@ -31,7 +31,7 @@ from magvit.formats.corpus_manifest import SPLITS, ManifestEntry
 from magvit.formats.files import atomic_folder, write_table_atomic
 from magvit.media.video_decode import ClipSpec, RejectedInput, clip_starts, decode_file
 from magvit.params import DecodeParams
-from magvit.runtime.ray_cluster import init_ray
+from magvit.runtime.ray_cluster import init_ray, unreachable_input, user_errors_from_ray
 
 log = logging.getLogger("decode")
 
@@ -58,17 +58,21 @@ class FileResult:
 
 
 def clip_rows(
-    entry: ManifestEntry, spec: ClipSpec, folder: str = ""
+    entry: ManifestEntry, spec: ClipSpec, folder: str = "", driver_sees: bool = False
 ) -> tuple[list[dict], FileResult]:
     """Decode one manifest entry: its clip rows (CLIP_SCHEMA) and its result without a table.
 
     A relative entry path is read from `folder` (the driver's working folder: a worker of a
     cluster joined through RAY_ADDRESS has another one); `source` keeps the path as given.
-    A file that cannot become clips gives no rows and a result with its reject record.
+    A file that cannot become clips gives no rows and a result with its reject record, except
+    a file missing here that the driver saw (`driver_sees`): a worker on a host without the
+    driver's files, which raises UnreachableInput rather than lose a good file.
     """
     try:
         decoded = decode_file(Path(folder, entry.path), spec)
     except RejectedInput as error:
+        if error.error_type == "missing_file" and driver_sees:
+            raise unreachable_input(entry.path) from None
         return [], FileResult(
             entry.path, entry.split, reject=_reject(entry.path, error.error_type, str(error))
         )
@@ -99,9 +103,9 @@ def clip_rows(
     )
 
 
-def clips_from_entry(entry: ManifestEntry, spec: ClipSpec) -> FileResult:
+def clips_from_entry(entry: ManifestEntry, spec: ClipSpec, driver_sees: bool = False) -> FileResult:
     """Decode one manifest entry into a table of clips, or a reject record."""
-    rows, result = clip_rows(entry, spec)
+    rows, result = clip_rows(entry, spec, driver_sees=driver_sees)
     if result.reject:
         return result
     return replace(result, table=pa.Table.from_pylist(rows, schema=CLIP_SCHEMA))
@@ -142,17 +146,18 @@ def plan_tasks(entries: list[ManifestEntry]) -> list[list[ManifestEntry]]:
 
 
 def clips_from_entries(
-    entries: list[ManifestEntry], spec: ClipSpec, folder: str = ""
+    entries: list[ManifestEntry], spec: ClipSpec, folder: str = "", seen: frozenset = frozenset()
 ) -> tuple[pa.Table, list[FileResult]]:
     """Decode a group of entries: the clips of all of them in one table, entry after entry,
     and per entry its result without a table (`clips` says how many of the rows are its).
+    `seen`: the entry paths the driver found (clip_rows' `driver_sees`).
 
     One table per task, not one per file, keeps Ray's per-object work small.
     """
     rows: list[dict] = []
     results: list[FileResult] = []
     for entry in entries:
-        entry_rows, result = clip_rows(entry, spec, folder)
+        entry_rows, result = clip_rows(entry, spec, folder, entry.path in seen)
         rows += entry_rows
         results.append(result)
     return pa.Table.from_pylist(rows, schema=CLIP_SCHEMA), results
@@ -181,6 +186,7 @@ def decode_in_order(
     """
     tasks = enumerate(plan_tasks(entries))
     spec_ref, folder = ray.put(spec), os.getcwd()  # relative paths are the driver's
+    seen = frozenset(entry.path for entry in entries if os.path.exists(entry.path))
     running: dict[ray.ObjectRef, int] = {}  # -> index of the task in the plan
     done: dict[int, list[FileResult]] = {}
     emitted = 0
@@ -189,12 +195,14 @@ def decode_in_order(
 
         def submit() -> None:
             for index, group in islice(tasks, 2 * workers - len(running)):
-                running[decode_task.remote(group, spec_ref, folder)] = index
+                group_seen = seen.intersection(entry.path for entry in group)
+                running[decode_task.remote(group, spec_ref, folder, group_seen)] = index
 
         submit()
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
-            done[running.pop(ready)] = with_tables(*ray.get(ready))
+            with user_errors_from_ray():  # an UnreachableInput
+                done[running.pop(ready)] = with_tables(*ray.get(ready))
             submit()
             while emitted in done:
                 yield from done.pop(emitted)

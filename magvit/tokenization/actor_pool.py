@@ -43,7 +43,13 @@ from magvit.formats.token_shards import (
     write_token_manifest,
 )
 from magvit.params import Params, ParamsError, TokenizeParams, check_clip_shape
-from magvit.runtime.ray_cluster import init_ray
+from magvit.runtime.ray_cluster import (
+    UNREACHABLE_INPUT,
+    UnreachableInput,
+    driver_table_dataset,
+    init_ray,
+    joined_cluster,
+)
 from models.pretrained import CONFIG_FILE, WEIGHTS_FILE
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
@@ -131,21 +137,27 @@ def read_checkpoint(model_dir: Path) -> dict[str, bytes]:
 
 
 def check_capacity(params: TokenizeParams) -> None:
-    """The pool must fit the Ray cluster and leave a CPU for the read (and decode) tasks;
-    otherwise Ray Data waits for resources that never come."""
+    """The pool must fit the Ray instance and leave a CPU for the read (and decode) tasks;
+    otherwise Ray Data waits for resources that never come. A joined cluster may grow (an
+    autoscaler adds nodes when the pool asks), so there a shortfall is only a warning."""
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     taken = params.actors * params.cpus_per_actor
+    problems = []
     if taken + 1 > cpus:
-        raise ParamsError(
+        problems.append(
             f"tokenize.actors x tokenize.cpus_per_actor = {taken:g} CPUs leaves no CPU of the "
             f"Ray cluster's {cpus:g} for reading clips; lower tokenize.actors or cpus_per_actor"
         )
     if params.use_gpu and params.actors > gpus:
-        raise ParamsError(
+        problems.append(
             f"tokenize.use_gpu needs one GPU per actor ({params.actors}); the Ray cluster has "
             f"{gpus:g}: lower tokenize.actors or set use_gpu: false"
         )
+    for problem in problems:
+        if not joined_cluster():
+            raise ParamsError(problem)
+        log.warning("%s (waiting for the cluster to grow)", problem)
 
 
 def local_cpus(params: TokenizeParams, other_workers: int = 1) -> int:
@@ -238,9 +250,7 @@ def clip_shard_dataset(chunks: list[Chunk], rows_per_block: int) -> ray.data.Dat
     """
     chunk_of = {path: chunk.index for chunk in chunks for path in chunk.inputs}
     with first_parquet_reader():
-        ds = ray.data.read_parquet(
-            list(chunk_of), columns=[*CLIP_COLUMNS, "frames"], include_paths=True
-        )
+        ds = driver_table_dataset(list(chunk_of), [*CLIP_COLUMNS, "frames"], include_paths=True)
 
     def add_chunk(batch: pa.Table) -> pa.Table:
         chunk = [chunk_of[path] for path in batch["path"].to_pylist()]
@@ -334,6 +344,9 @@ def write_chunks(
     tables = zip(chunks, rows_by_chunk(batches, chunks), strict=True)
     progress = tqdm(tables, total=len(chunks), unit="shard")
     for chunk, table in progress:
+        unreachable = table.filter(pc.equal(table["error_type"], UNREACHABLE_INPUT))
+        if unreachable.num_rows:  # a worker without the driver's files: stop, record nothing
+            raise UnreachableInput(unreachable["message"][0].as_py())
         clips, rejects = write_chunk(table, chunk, out_dir, source_paths)
         for reject in table.filter(pc.is_valid(table["error_type"])).to_pylist():
             log.warning("rejected %s: %s", reject["source"], reject["message"])

@@ -47,7 +47,11 @@ from magvit.runtime.mlflow_tracking import (
     tracking_uri,
     write_metric_curves,
 )
-from magvit.runtime.ray_cluster import init_ray
+from magvit.runtime.ray_cluster import (
+    check_storage_on_every_node,
+    check_tracking_for_cluster,
+    init_ray,
+)
 from magvit.training.progress import ProgressSpec, training_progress
 from models.pretrained import DictConfig, Pretrained
 
@@ -133,6 +137,7 @@ def start_training_run(
     # batches are then a function of seed and step alone (exact resume)
     data_context.execution_options.preserve_order = True
     uri = tracking_uri()
+    check_tracking_for_cluster(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     run_id = start_or_resume_run(client, experiment, key, params)
@@ -183,7 +188,8 @@ def fit(
 ) -> dict:
     """Run `train_loop({"loop": loop})` on `ray_params.num_workers` workers, resuming `name`
     if it exists, with a progress bar of the `progress` metrics; return the state saved with
-    the final checkpoint."""
+    the final checkpoint. On a cluster of several nodes, every node must see `storage_path`."""
+    check_storage_on_every_node(storage_uri(storage_path), "storage_path")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"loop": loop},
