@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
-from magvit.formats.corpus_manifest import ManifestEntry, video_id_for
-from magvit.media.clip_decoding import TASK_WEIGHT, file_weight, plan_tasks, run_decode
+from magvit.formats.corpus_manifest import ManifestEntry, read_corpus_manifest, video_id_for
+from magvit.media.clip_decoding import TASK_WEIGHT, clip_spec, file_weight, plan_tasks, run_decode
 from magvit.media.video_decode import ClipSpec, RejectedInput, decode_file
 from magvit.media.video_encode import write_mp4
 from magvit.params import DecodeParams, parse_params
@@ -246,3 +246,33 @@ def test_a_decode_that_rejects_every_file_is_one_line_and_keeps_the_last_clips(
         kept.unlink()
     assert {p: p.read_bytes() for p in (tmp_path / "clips").rglob("*") if p.is_file()} == clips
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "m.json", "params.yaml", "raw"]
+
+
+def test_inputs_named_by_file_uris_decode_as_their_paths_do(tmp_path, ray_local):
+    """A manifest may name its files by URI (pyarrow's filesystems: file://, s3://, gs://),
+    kept as written; they decode to the clips their paths give, and a URI naming nothing is
+    a missing_file reject."""
+    root = tmp_path / "raw"
+    video = textured_video(root / "v.mp4", num_frames=48, fps=24)
+    image = png(root / "still.png", np.full((70, 70, 3), 90, dtype=np.uint8))
+    gone = (root / "gone.mp4").as_uri()
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{video.as_uri()},train", f"{image.as_uri()},val", f"{gone},train"]
+    manifest.write_text("path,split\n" + "\n".join(rows) + "\n")
+    entries = read_corpus_manifest(manifest)
+    assert [e.path for e in entries] == [video.as_uri(), image.as_uri(), gone]
+    assert entries[0].video_id != video_id_for(video, root)  # the URI's own id
+
+    params = DecodeParams(fps=8, resize_short_side=64, crop_size=64, num_frames=5, stride=5)
+    metrics = run_decode(entries, params, tmp_path / "clips")
+    assert metrics["rejects"] == 1
+    rejects = pq.read_table(tmp_path / "clips" / "rejects.parquet").to_pylist()
+    assert [(r["source"], r["error_type"]) for r in rejects] == [(gone, "missing_file")]
+    by_source = {}
+    for row in iter_clip_rows(tmp_path / "clips"):
+        by_source.setdefault(row["source"], []).append(clip_frames(row))
+    spec = clip_spec(params)
+    for path in (video, image):
+        frames = decode_file(path, spec).frames
+        clips = by_source[path.as_uri()]
+        assert np.array_equal(clips[0], frames[: len(clips[0])]), path.name

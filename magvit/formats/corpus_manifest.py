@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from magvit.errors import UserInputError
-from magvit.formats.files import atomic_path
+from magvit.formats.files import atomic_path, is_uri
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
@@ -41,8 +41,12 @@ class ManifestEntry:
         return Path(self.path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def video_id_for(path: Path, root: Path) -> str:
-    """Stable id: the first 16 hex digits of sha1 of the path relative to the corpus root."""
+def video_id_for(path: Path | str, root: Path) -> str:
+    """Stable id: the first 16 hex digits of sha1 of the path relative to the corpus root
+    (of a URI, of the URI)."""
+    if is_uri(path):
+        return hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    path = Path(path)
     try:
         relative = path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -61,13 +65,16 @@ def write_corpus_manifest(
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for e in entries:
-            file = e.path if Path(e.path).is_absolute() else os.path.relpath(e.path, folder)
+            kept = is_uri(e.path) or Path(e.path).is_absolute()
+            file = e.path if kept else os.path.relpath(e.path, folder)
             writer.writerow([file, e.video_id, "" if e.label is None else e.label, e.split])
 
 
 def resolve_entry_path(value: str, manifest: Path) -> str:
     """A manifest's `path` cell as a path to open: relative ones join the CSV's folder
-    (normalised, so `data/raw/../../videos/a.mp4` reads `videos/a.mp4`)."""
+    (normalised, so `data/raw/../../videos/a.mp4` reads `videos/a.mp4`); a URI stays."""
+    if is_uri(value):
+        return value
     file = Path(value)
     return str(file) if file.is_absolute() else os.path.normpath(manifest.parent / file)
 
@@ -106,7 +113,7 @@ def read_corpus_manifest(path: Path, root: Path | None = None) -> list[ManifestE
             split = (row.get("split") or "train").strip()
             if split not in SPLITS:
                 raise CorpusError(f"{where}: split must be one of {SPLITS}, got {split!r}")
-            video_id = (row.get("video_id") or "").strip() or video_id_for(Path(file), root)
+            video_id = (row.get("video_id") or "").strip() or video_id_for(file, root)
             entries.append(
                 ManifestEntry(file, video_id, _parse_label(row.get("label"), where), split)
             )

@@ -12,6 +12,9 @@ as it was, and a new output holds nothing of an earlier one (dvc.yaml marks the 
 `persist: true`, so DVC does not delete them before the stage runs either).
 
 Shards: `<folder>/<split>/part-*.parquet`, the layout of clip and token shards alike.
+
+Inputs may be local paths or URIs (`file://`, `s3://`, `gs://`: whatever pyarrow resolves),
+so that every node of a cluster reads them from the same place.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from magvit.errors import OutputError
@@ -159,3 +163,30 @@ SHARD_GLOB = "part-*.parquet"
 def shard_paths(folder: str | Path, split: str | None = None) -> list[Path]:
     """The shard files of one split (`split`) or of every split folder, sorted."""
     return sorted(Path(folder).glob(f"{split or '*'}/{SHARD_GLOB}"))
+
+
+# ------------------------------------------------------------------- inputs named by a URI
+
+
+def is_uri(path: str | Path) -> bool:
+    """Whether `path` names a file through a scheme that pyarrow's filesystems resolve
+    (`file://`, `s3://`, `gs://`, ...) rather than as a plain local path."""
+    return "://" in str(path)
+
+
+def input_size(path: str | Path) -> int | None:
+    """The size in bytes of an input (a local path or a URI), None when it does not exist."""
+    if not is_uri(path):
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return None
+    filesystem, fs_path = pafs.FileSystem.from_uri(str(path))
+    info = filesystem.get_file_info(fs_path)
+    return None if info.type == pafs.FileType.NotFound else info.size
+
+
+def read_uri(uri: str) -> bytes:
+    filesystem, fs_path = pafs.FileSystem.from_uri(uri)
+    with filesystem.open_input_file(fs_path) as handle:
+        return handle.readall()

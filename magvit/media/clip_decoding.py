@@ -28,7 +28,7 @@ from tqdm import tqdm
 from magvit.errors import UserInputError
 from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, keep_rejects
 from magvit.formats.corpus_manifest import SPLITS, ManifestEntry
-from magvit.formats.files import atomic_folder, write_table_atomic
+from magvit.formats.files import atomic_folder, input_size, is_uri, write_table_atomic
 from magvit.media.video_decode import ClipSpec, RejectedInput, clip_starts, decode_file
 from magvit.params import DecodeParams
 from magvit.runtime.ray_cluster import init_ray, unreachable_input, user_errors_from_ray
@@ -69,7 +69,7 @@ def clip_rows(
     driver's files, which raises UnreachableInput rather than lose a good file.
     """
     try:
-        decoded = decode_file(Path(folder, entry.path), spec)
+        decoded = decode_file(entry.path if is_uri(entry.path) else Path(folder, entry.path), spec)
     except RejectedInput as error:
         if error.error_type == "missing_file" and driver_sees:
             raise unreachable_input(entry.path) from None
@@ -125,10 +125,8 @@ TASK_WEIGHT = 256 << 10
 
 
 def file_weight(entry: ManifestEntry) -> int:
-    try:
-        return os.path.getsize(entry.path) + FILE_WEIGHT
-    except OSError:  # missing here (it becomes a reject), or only on the workers' filesystem
-        return FILE_WEIGHT
+    # a file missing here weighs FILE_WEIGHT: it becomes a reject
+    return (input_size(entry.path) or 0) + FILE_WEIGHT
 
 
 def plan_tasks(entries: list[ManifestEntry]) -> list[list[ManifestEntry]]:
@@ -186,7 +184,7 @@ def decode_in_order(
     """
     tasks = enumerate(plan_tasks(entries))
     spec_ref, folder = ray.put(spec), os.getcwd()  # relative paths are the driver's
-    seen = frozenset(entry.path for entry in entries if os.path.exists(entry.path))
+    seen = frozenset(entry.path for entry in entries if input_size(entry.path) is not None)
     running: dict[ray.ObjectRef, int] = {}  # -> index of the task in the plan
     done: dict[int, list[FileResult]] = {}
     emitted = 0

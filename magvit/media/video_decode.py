@@ -8,7 +8,7 @@ slice, and only the frames that are kept are converted to RGB.
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from magvit.formats.corpus_manifest import IMAGE_EXTENSIONS
+from magvit.formats.files import input_size, is_uri, read_uri
 
 
 class RejectedInput(Exception):
@@ -71,13 +72,15 @@ def to_rgb_crop(frame: av.VideoFrame, short_side: int, crop: int) -> np.ndarray:
     return rgb[top : top + crop, left : left + crop]
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    if not path.exists():
+def _open(path: Path | str) -> av.container.InputContainer:
+    """Open a local path or a URI (read whole through pyarrow's filesystem) with PyAV."""
+    size = input_size(path)
+    if size is None:
         raise RejectedInput("missing_file", f"{path} does not exist")
-    if os.path.getsize(path) == 0:
+    if size == 0:
         raise RejectedInput("empty_file", f"{path} is empty (0 bytes)")
     try:
-        return av.open(str(path))
+        return av.open(io.BytesIO(read_uri(str(path))) if is_uri(path) else str(path))
     except av.FFmpegError as error:
         raise RejectedInput("unreadable_container", f"{path}: {error}") from None
 
@@ -122,9 +125,10 @@ def resample(
             yield prev, repeat
 
 
-def decode_file(path: Path, spec: ClipSpec) -> DecodedFile:
-    """Decode, resample, resize and crop one video or image. Raises RejectedInput."""
-    is_image = path.suffix.lower() in IMAGE_EXTENSIONS
+def decode_file(path: Path | str, spec: ClipSpec) -> DecodedFile:
+    """Decode, resample, resize and crop one video or image (a local path or a URI).
+    Raises RejectedInput."""
+    is_image = Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
     container = _open(path)
     with container:
         if not container.streams.video:

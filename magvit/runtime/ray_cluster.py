@@ -103,7 +103,8 @@ def unreachable_input(path: str, what: str = "input") -> UnreachableInput:
     return UnreachableInput(
         f"{what} {path} exists where the driver runs, but the Ray worker on {this_node()} cannot "
         "read it: on a cluster of several hosts every node must see the inputs at the same "
-        "path (a shared filesystem mounted on every node)"
+        "path (a shared filesystem mounted on every node), or the manifest must name them by "
+        "URIs every node reads (s3://, gs://)"
     )
 
 
