@@ -19,6 +19,7 @@ import ray.data
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from magvit.errors import UserInputError
+from magvit.formats.files import is_uri
 
 log = logging.getLogger("ray_runtime")
 
@@ -99,9 +100,9 @@ def this_node() -> str:
     return f"node {node_id[:12]} ({ray.util.get_node_ip_address()}, host {socket.gethostname()})"
 
 
-def unreachable_input(path: str, what: str = "input") -> UnreachableInput:
+def unreachable_input(path: str) -> UnreachableInput:
     return UnreachableInput(
-        f"{what} {path} exists where the driver runs, but the Ray worker on {this_node()} cannot "
+        f"input {path} exists where the driver runs, but the Ray worker on {this_node()} cannot "
         "read it: on a cluster of several hosts every node must see the inputs at the same "
         "path (a shared filesystem mounted on every node), or the manifest must name them by "
         "URIs every node reads (s3://, gs://)"
@@ -150,7 +151,7 @@ def check_storage_on_every_node(storage: str, param: str) -> None:
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
-    uri = storage if "://" in storage else Path(storage).resolve().as_uri()
+    uri = storage if is_uri(storage) else Path(storage).resolve().as_uri()
     filesystem, root = pafs.FileSystem.from_uri(uri)
     filesystem.create_dir(root, recursive=True)
     marker = f"{root.rstrip('/')}/.storage-check-{uuid.uuid4().hex}"
@@ -184,7 +185,7 @@ def check_tracking_for_cluster(uri: str) -> None:
     log to MLflow from there: a file-based store (SQLite, mlruns folder) on the driver's disk
     cannot be reached, so refuse before training."""
     nodes = len(alive_nodes())
-    if nodes > 1 and ("://" not in uri or uri.startswith(FILE_STORES)):
+    if nodes > 1 and (not is_uri(uri) or uri.startswith(FILE_STORES)):
         raise ClusterSetupError(
             f"MLflow tracks to the file store {uri}, which Ray workers on other hosts of this "
             f"{nodes}-node cluster cannot reach; run a tracking server (mlflow server --host "

@@ -39,6 +39,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from magvit.formats.files import is_uri
 from magvit.params import RayTrainParams
 from magvit.runtime.mlflow_models import register_model_dir
 from magvit.runtime.mlflow_tracking import (
@@ -76,7 +77,7 @@ def files_fingerprint(paths: list[Path]) -> str:
 
 def storage_uri(path: str) -> str:
     """A URI (s3://, gs://...) stays as it is; a local path becomes absolute."""
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 @dataclass(frozen=True)
