@@ -13,24 +13,18 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import free_port, wait_for_url
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def can_hide_folders() -> bool:
@@ -129,16 +123,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
-                break
-            except OSError as error:
-                if server.poll() is not None or time.time() > deadline:
-                    message = f"mlflow server did not start: {log.read_text()[-2000:]}"
-                    raise RuntimeError(message) from error
-                time.sleep(0.5)
+        wait_for_url(f"{uri}/health", server, f"mlflow server (its log: {log})")
         yield uri
     finally:
         stop(server)

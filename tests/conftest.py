@@ -1,8 +1,11 @@
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 MAGVIT = Path(sys.executable).parent / "magvit"
 RAY_LOG_ERROR = "[*** LOG ERROR"  # Ray's log sink, on stderr, when it cannot write its log file
 sys.path.insert(0, str(Path(__file__).parent))  # tests/media.py
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_url(url: str, process: subprocess.Popen, what: str, seconds: float = 120) -> bytes:
+    """The body of `url` once the server `process` answers it; fails the test saying that
+    `what` did not come up if the process ends or `seconds` pass first."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return reply.read()
+        except OSError:  # refused, reset or timed out while the server starts
+            assert time.time() < deadline and process.poll() is None, f"{what} did not come up"
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

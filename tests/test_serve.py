@@ -3,10 +3,8 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,11 +13,7 @@ from mlflow.tracking import MlflowClient
 from magvit.runtime.mlflow_tracking import experiment_id, relocate_artifacts, tracking_uri
 from pipelines.serve import start_server
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import free_port, wait_for_url
 
 
 def test_the_ui_of_a_server_on_another_port_calls_that_port(tmp_path, monkeypatch):
@@ -61,15 +55,7 @@ def test_a_moved_clone_shows_its_mlflow_artifacts(tmp_path, monkeypatch):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/get-artifact?path=notes/note.txt&run_uuid={run_id}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as reply:
-                    served = reply.read().decode()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.time() < deadline and ui.poll() is None, "the UI did not come up"
-                time.sleep(1)
+        served = wait_for_url(url, ui, "the UI").decode()
     finally:
         ui.terminate()
         output = ui.communicate(timeout=30)[0]

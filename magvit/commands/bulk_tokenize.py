@@ -44,11 +44,11 @@ from magvit.formats.token_shards import (
     write_token_manifest,
 )
 from magvit.logs import configure_logging
-from magvit.media.clip_decoding import FileResult, clip_spec, clips_from_entry
+from magvit.media.clip_decoding import clip_spec, clips_from_entry
 from magvit.media.video_decode import ClipSpec
 from magvit.params import Params, check_clip_shape, load_params, parse_params
 from magvit.runtime.mlflow_models import model_dir_from_uri
-from magvit.runtime.ray_cluster import UNREACHABLE_INPUT, UnreachableInput, init_ray
+from magvit.runtime.ray_cluster import init_ray
 from magvit.tokenization.actor_pool import (
     CLIP_COLUMNS,
     RESULT_SCHEMA,
@@ -105,18 +105,13 @@ def plan_media_chunks(files: list[Path], files_per_shard: int) -> list[Chunk]:
 def decode_files(batch: pa.Table, spec: ClipSpec, root: str) -> pa.Table:
     """Ray Data task: media files (path, chunk) -> clip rows, or one reject row per bad file.
     The driver listed every path, so one missing here is a row of UNREACHABLE_INPUT, which
-    stops the job (write_chunks) where a reject would be recorded. (A row, not the exception
-    itself: Ray Data hands the driver an exception of its own, with the cause as text.)"""
+    stops the job (write_chunks) where a reject would be recorded."""
     tables = []
     for item in batch.to_pylist():
         entry = ManifestEntry(
             item["path"], video_id_for(Path(item["path"]), Path(root)), None, "train"
         )
-        try:
-            result = clips_from_entry(entry, spec, driver_sees=True)
-        except UnreachableInput as error:
-            reject = {"source": entry.path, "error_type": UNREACHABLE_INPUT, "message": str(error)}
-            result = FileResult(entry.path, entry.split, reject={**reject, "stage": "decode"})
+        result = clips_from_entry(entry, spec, driver_sees=True)
         if result.reject:
             rows = [{**result.reject, "split": entry.split, "chunk": item["chunk"]}]
         else:

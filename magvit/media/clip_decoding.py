@@ -31,7 +31,12 @@ from magvit.formats.corpus_manifest import SPLITS, ManifestEntry
 from magvit.formats.files import atomic_folder, input_size, is_uri, write_table_atomic
 from magvit.media.video_decode import ClipSpec, RejectedInput, clip_starts, decode_file
 from magvit.params import DecodeParams
-from magvit.runtime.ray_cluster import init_ray, unreachable_input, user_errors_from_ray
+from magvit.runtime.ray_cluster import (
+    UNREACHABLE_INPUT,
+    init_ray,
+    raise_if_unreachable,
+    unreachable_message,
+)
 
 log = logging.getLogger("decode")
 
@@ -64,17 +69,19 @@ def clip_rows(
 
     A relative entry path is read from `folder` (the driver's working folder: a worker of a
     cluster joined through RAY_ADDRESS has another one); `source` keeps the path as given.
-    A file that cannot become clips gives no rows and a result with its reject record, except
-    a file missing here that the driver saw (`driver_sees`): a worker on a host without the
-    driver's files, which raises UnreachableInput rather than lose a good file.
+    A file that cannot become clips gives no rows and a result with its reject record. A file
+    missing here that the driver saw (`driver_sees`) is a worker on a host without the
+    driver's files: its record has error_type UNREACHABLE_INPUT, which the driver raises as
+    UnreachableInput (`raise_if_unreachable`) rather than lose a good file.
     """
     try:
         decoded = decode_file(entry.path if is_uri(entry.path) else Path(folder, entry.path), spec)
     except RejectedInput as error:
-        if error.error_type == "missing_file" and driver_sees:
-            raise unreachable_input(entry.path) from None
+        error_type, message = error.error_type, str(error)
+        if error_type == "missing_file" and driver_sees:
+            error_type, message = UNREACHABLE_INPUT, unreachable_message(entry.path)
         return [], FileResult(
-            entry.path, entry.split, reject=_reject(entry.path, error.error_type, str(error))
+            entry.path, entry.split, reject=_reject(entry.path, error_type, message)
         )
     except Exception as error:  # noqa: BLE001 - one odd file must not stop the corpus
         return [], FileResult(
@@ -199,8 +206,7 @@ def decode_in_order(
         submit()
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
-            with user_errors_from_ray():  # an UnreachableInput
-                done[running.pop(ready)] = with_tables(*ray.get(ready))
+            done[running.pop(ready)] = with_tables(*ray.get(ready))
             submit()
             while emitted in done:
                 yield from done.pop(emitted)
@@ -276,6 +282,7 @@ def run_decode(
         results = decode_in_order(entries, spec, params.workers)
         for result in tqdm(results, total=len(entries), unit="file"):
             if result.reject:
+                raise_if_unreachable(result.reject["error_type"], result.reject["message"])
                 rejects.append(result.reject)
                 log.warning("rejected %s: %s", result.source, result.reject["message"])
                 continue

@@ -7,8 +7,6 @@ import os
 import socket
 import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,8 +98,9 @@ def this_node() -> str:
     return f"node {node_id[:12]} ({ray.util.get_node_ip_address()}, host {socket.gethostname()})"
 
 
-def unreachable_input(path: str) -> UnreachableInput:
-    return UnreachableInput(
+def unreachable_message(path: str) -> str:
+    """Said by the worker that cannot read `path` (so it names that worker's node)."""
+    return (
         f"input {path} exists where the driver runs, but the Ray worker on {this_node()} cannot "
         "read it: on a cluster of several hosts every node must see the inputs at the same "
         "path (a shared filesystem mounted on every node), or the manifest must name them by "
@@ -109,16 +108,12 @@ def unreachable_input(path: str) -> UnreachableInput:
     )
 
 
-@contextmanager
-def user_errors_from_ray() -> Iterator[None]:
-    """Inside the block, a UserInputError that a Ray task raised is raised as itself (the
-    command ends with its one line, not a traceback)."""
-    try:
-        yield
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, UserInputError):
-            raise error.cause from None
-        raise
+def raise_if_unreachable(error_type: str | None, message: str) -> None:
+    """On the driver: a worker's record of UNREACHABLE_INPUT stops the job. (A record, not
+    an exception raised in the worker: Ray Data hands the driver an exception of its own,
+    with the cause only as text.)"""
+    if error_type == UNREACHABLE_INPUT:
+        raise UnreachableInput(message)
 
 
 def driver_table_dataset(paths: list[str], columns: list[str], include_paths: bool = False):
