@@ -38,12 +38,14 @@ def wait_for_url(url: str, process: subprocess.Popen, what: str, seconds: float 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance (2 CPUs) for the whole session; stages reuse it."""
+    """One local Ray instance (2 CPUs) for the whole session, started as the stages start
+    theirs; stages run in this process reuse it."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from magvit.runtime.ray_cluster import init_ray
+
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False)
+    init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

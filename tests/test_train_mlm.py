@@ -72,30 +72,54 @@ def write_params(folder: Path, **train) -> Path:
     return path
 
 
+# the run of both stage tests below: bf16 autocast (the GPU path) on CPU workers
+TRAIN = {"steps": 16, "checkpoint_every": 4, "eval_every": 8, "log_every": 4, "bf16": "on"}
+
+
+def prepare(folder: Path, patch: pytest.MonkeyPatch) -> None:
+    """A tiny tokenizer, token shards and the tracking store in `folder`."""
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    patch.delenv("RAY_ADDRESS", raising=False)
+    tokenizer = tiny_tokenizer(folder / "artifacts" / "tokenizer")
+    write_token_shards(folder / "data" / "tokens", tokenizer.config.bits, {"train": 32, "val": 8})
+
+
 @pytest.fixture
 def workspace(in_tmp, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'mlflow.db'}")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tokenizer = tiny_tokenizer(in_tmp / "artifacts" / "tokenizer")
-    write_token_shards(in_tmp / "data" / "tokens", tokenizer.config.bits, {"train": 32, "val": 8})
+    prepare(in_tmp, monkeypatch)
     write_params(in_tmp)
     return in_tmp
 
 
-def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local):
-    from stages.train_mlm import TRAIN_CURVES, VAL_CURVES, run
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, ray_local) -> tuple[Path, dict]:
+    """The stage run to its end once, in this process: the run whose records the first test
+    checks and the reference the killed run must resume to. Its folder and metrics."""
+    from stages.train_mlm import run
 
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        prepare(folder, patch)
+        paths = stage_paths("train_mlm")
+        metrics = run(
+            str(write_params(folder, **TRAIN)), paths["tokens"], paths["tokenizer"],
+            paths["classes"], paths["out"], paths["samples"], paths["curves"],
+        )  # fmt: skip
+    return folder, metrics
+
+
+def test_train_mlm_writes_model_samples_and_mlflow_records(uninterrupted, monkeypatch):
+    from stages.train_mlm import TRAIN_CURVES, VAL_CURVES
+
+    workspace, metrics = uninterrupted
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
     paths = stage_paths("train_mlm")
-    write_params(workspace, bf16="on")  # the GPU path (autocast) on CPU workers
-    metrics = run(
-        "params.yaml", paths["tokens"], paths["tokenizer"], paths["classes"], paths["out"],
-        paths["samples"], paths["curves"],
-    )  # fmt: skip
-
     model = MaskedTokenTransformer.from_pretrained(workspace / "artifacts" / "mlm")
     assert model.config.grid == GRID and model.config.num_classes == 8
     saved = json.loads((workspace / "artifacts" / "mlm" / "metrics.json").read_text())
-    assert saved["steps"] == 8 and 0 <= saved["val_class_accuracy"] <= 1
+    assert saved["steps"] == 16 and 0 <= saved["val_class_accuracy"] <= 1
     assert saved == json.loads(json.dumps(metrics))
 
     gifs = sorted((workspace / "artifacts" / "mlm" / "samples").glob("class_*.gif"))
@@ -112,7 +136,7 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(workspace, ray_local)
     assert run_info.data.params["train.bf16"] == "on"
     curves = {"train": TRAIN_CURVES, "val": VAL_CURVES}
     check_curve_csvs(client, run_info.info.run_id, paths["curves"], curves)
-    assert len((paths["curves"] / "val.csv").read_text().splitlines()) == 1 + 2  # steps 4, 8
+    assert len((paths["curves"] / "val.csv").read_text().splitlines()) == 1 + 2  # steps 8, 16
     samples = [a.path for a in client.list_artifacts(run_info.info.run_id, "samples")]
     assert len(samples) == 10
     version = client.get_model_version_by_alias("magvit2-mlm", "champion")
@@ -147,12 +171,11 @@ def stage_outputs() -> dict[str, str]:
     return {str(path): path.read_text() for path in files}
 
 
-def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
+def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace, uninterrupted):
     """SIGKILL after a recorded checkpoint, run again: the run resumes there and ends with the
     weights and optimiser state of a run that was never interrupted, bit for bit (batches,
     masks and dropped labels are functions of seed and step)."""
-    train = {"steps": 16, "checkpoint_every": 4, "eval_every": 16, "log_every": 4}
-    argv = stage_command("train-mlm", "train_mlm", write_params(workspace, **train))
+    argv = stage_command("train-mlm", "train_mlm", write_params(workspace, **TRAIN))
     model = workspace / "artifacts" / "mlm" / "model.safetensors"
     _, output = kill_then_resume(argv, workspace, RUN, 16, model)
     assert re.search(r"train_mlm: 100%\|.*\| 16/16 ", output), "the driver's progress bar"
@@ -166,10 +189,7 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_run(workspace):
     assert "training from step 16 to 16" in run_to_end(argv, workspace)
     assert stage_outputs() == finished
 
-    # the same run never interrupted (its own checkpoint folder makes it a run of its own)
-    reference = write_params(workspace, **train, storage_path=str(workspace / "reference"))
-    run_to_end(stage_command("train-mlm", "train_mlm", reference, "reference_model"), workspace)
-    uninterrupted = last_state(workspace / "reference", RUN)
-    assert uninterrupted["optimizer"]["state"], "the model trained"
+    reference = last_state(uninterrupted[0] / "runs", RUN)  # the same params, never killed
+    assert reference["optimizer"]["state"], "the model trained"
     keys = ("model", "optimizer")
-    assert_same_state({k: resumed[k] for k in keys}, {k: uninterrupted[k] for k in keys})
+    assert_same_state({k: resumed[k] for k in keys}, {k: reference[k] for k in keys})

@@ -61,6 +61,11 @@ def init_ray(num_cpus: int | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
+        # A local instance cannot be preempted: no preemption-watcher actor (a Python process
+        # of its own at every Ray Train start); and Train's controller notices the end of a
+        # run within 0.5 s rather than its default 2 s. Both save seconds per training stage.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         ray.init(
             num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env
         )
