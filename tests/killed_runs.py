@@ -8,14 +8,26 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 
 from magvit.training.ray_harness import STATE_FILE, load_state_file
 
 from conftest import MAGVIT, stage_argv
+
+
+@contextlib.contextmanager
+def reference_folder(tmp_path_factory) -> Iterator[tuple[Path, pytest.MonkeyPatch]]:
+    """A fresh folder for a module's uninterrupted reference run, the working folder (stages
+    write relative paths) until the block ends; the patch undoes what the block sets."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        yield folder, patch
 
 
 def stage_command(command: str, stage: str, params: Path, out: str | None = None) -> list:

@@ -19,7 +19,14 @@ from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer, TokenizerConfig
 
 from conftest import MAGVIT, check_curve_csvs, stage_paths
-from killed_runs import assert_same_state, kill_then_resume, last_state, run_to_end, stage_command
+from killed_runs import (
+    assert_same_state,
+    kill_then_resume,
+    last_state,
+    reference_folder,
+    run_to_end,
+    stage_command,
+)
 
 RUN = "mlm"  # Ray Train run folders: mlm-<hash of params and data>
 GRID = (2, 4, 4)  # 5 x 32 x 32 clips through the tiny tokenizer below
@@ -93,13 +100,11 @@ def workspace(in_tmp, monkeypatch):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, ray_local) -> tuple[Path, dict]:
-    """The stage run to its end once, in this process: the run whose records the first test
-    checks and the reference the killed run must resume to. Its folder and metrics."""
+    """The MLM trained once to its end in this process (the record test checks this run, the
+    kill test resumes to its state): its folder and metrics."""
     from stages.train_mlm import run
 
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
+    with reference_folder(tmp_path_factory) as (folder, patch):
         prepare(folder, patch)
         paths = stage_paths("train_mlm")
         metrics = run(

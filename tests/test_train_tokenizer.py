@@ -21,6 +21,7 @@ from killed_runs import (
     checkpoints,
     kill_then_resume,
     last_state,
+    reference_folder,
     stage_command,
 )
 
@@ -67,13 +68,10 @@ def workspace(in_tmp, monkeypatch):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, ray_local) -> tuple[Path, dict]:
-    """The stage run to its end once, in this process: the run whose records the first test
-    checks and the reference the killed run must resume to. Its folder and metrics."""
+    """train_tokenizer run once to its end, in this process: its folder and metrics."""
     from stages.train_tokenizer import run
 
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
+    with reference_folder(tmp_path_factory) as (folder, patch):
         tracking_env(patch, folder)
         write_clip_folder(folder / "data" / "clips")
         paths = stage_paths("train_tokenizer")
