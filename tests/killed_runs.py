@@ -30,6 +30,12 @@ def reference_folder(tmp_path_factory) -> Iterator[tuple[Path, pytest.MonkeyPatc
         yield folder, patch
 
 
+def local_tracking(patch: pytest.MonkeyPatch, folder: Path) -> None:
+    """A training stage in `folder` tracks to its own SQLite store and starts a local Ray."""
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    patch.delenv("RAY_ADDRESS", raising=False)
+
+
 def stage_command(command: str, stage: str, params: Path, out: str | None = None) -> list:
     """`magvit COMMAND --params PARAMS` with dvc.yaml's paths of `stage`; `out` replaces the
     `--out` folder (a reference run beside the one under test)."""

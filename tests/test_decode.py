@@ -9,7 +9,14 @@ import yaml
 
 from magvit.formats.clip_shards import CLIP_SCHEMA, REJECT_SCHEMA, clip_frames, iter_clip_rows
 from magvit.formats.corpus_manifest import ManifestEntry, read_corpus_manifest, video_id_for
-from magvit.media.clip_decoding import TASK_WEIGHT, clip_spec, file_weight, plan_tasks, run_decode
+from magvit.media.clip_decoding import (
+    TASK_WEIGHT,
+    clip_spec,
+    file_weight,
+    input_sizes,
+    plan_tasks,
+    run_decode,
+)
 from magvit.media.video_decode import ClipSpec, RejectedInput, decode_file
 from magvit.media.video_encode import write_mp4
 from magvit.params import DecodeParams, parse_params
@@ -169,12 +176,14 @@ def test_small_files_share_a_task_and_a_heavy_file_goes_alone(tmp_path):
     missing = ManifestEntry(str(tmp_path / "missing.mp4"), "missing", None, "train")
     entries = [*small[:6], heavy, *small[6:], missing]
 
-    tasks = plan_tasks(entries)
+    sizes = input_sizes(entries)
+    tasks = plan_tasks(entries, sizes)
 
     assert [e for task in tasks for e in task] == entries  # every entry once, in order
     assert [heavy] in tasks
     assert len(tasks) < len(entries) / 3
-    assert all(sum(map(file_weight, task)) <= TASK_WEIGHT for task in tasks if len(task) > 1)
+    weights = [sum(file_weight(sizes[e.path]) for e in task) for task in tasks if len(task) > 1]
+    assert all(weight <= TASK_WEIGHT for weight in weights)
 
 
 def test_a_full_disk_stops_decode_naming_the_shard_and_a_rerun_completes(

@@ -23,6 +23,7 @@ from killed_runs import (
     assert_same_state,
     kill_then_resume,
     last_state,
+    local_tracking,
     reference_folder,
     run_to_end,
     stage_command,
@@ -85,8 +86,7 @@ TRAIN = {"steps": 16, "checkpoint_every": 4, "eval_every": 8, "log_every": 4, "b
 
 def prepare(folder: Path, patch: pytest.MonkeyPatch) -> None:
     """A tiny tokenizer, token shards and the tracking store in `folder`."""
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    patch.delenv("RAY_ADDRESS", raising=False)
+    local_tracking(patch, folder)
     tokenizer = tiny_tokenizer(folder / "artifacts" / "tokenizer")
     write_token_shards(folder / "data" / "tokens", tokenizer.config.bits, {"train": 32, "val": 8})
 
@@ -119,7 +119,7 @@ def test_train_mlm_writes_model_samples_and_mlflow_records(uninterrupted, monkey
 
     workspace, metrics = uninterrupted
     monkeypatch.chdir(workspace)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+    local_tracking(monkeypatch, workspace)
     paths = stage_paths("train_mlm")
     model = MaskedTokenTransformer.from_pretrained(workspace / "artifacts" / "mlm")
     assert model.config.grid == GRID and model.config.num_classes == 8

@@ -21,6 +21,7 @@ from killed_runs import (
     checkpoints,
     kill_then_resume,
     last_state,
+    local_tracking,
     reference_folder,
     stage_command,
 )
@@ -54,14 +55,9 @@ TRAIN = {"steps": 16, "checkpoint_every": 4, "eval_every": 8, "image_log_every":
          "disc_start_step": 2}  # fmt: skip
 
 
-def tracking_env(patch: pytest.MonkeyPatch, folder: Path) -> None:
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    patch.delenv("RAY_ADDRESS", raising=False)
-
-
 @pytest.fixture
 def workspace(in_tmp, monkeypatch):
-    tracking_env(monkeypatch, in_tmp)
+    local_tracking(monkeypatch, in_tmp)
     write_clip_folder(in_tmp / "data" / "clips")
     return in_tmp
 
@@ -72,7 +68,7 @@ def uninterrupted(tmp_path_factory, ray_local) -> tuple[Path, dict]:
     from stages.train_tokenizer import run
 
     with reference_folder(tmp_path_factory) as (folder, patch):
-        tracking_env(patch, folder)
+        local_tracking(patch, folder)
         write_clip_folder(folder / "data" / "clips")
         paths = stage_paths("train_tokenizer")
         params = write_params(folder, **TRAIN)
@@ -85,7 +81,7 @@ def test_two_workers_train_checkpoint_and_record_everything(uninterrupted, monke
 
     workspace, metrics = uninterrupted
     monkeypatch.chdir(workspace)
-    tracking_env(monkeypatch, workspace)
+    local_tracking(monkeypatch, workspace)
     paths = stage_paths("train_tokenizer")
     saved = checkpoints(workspace / "runs", RUN)
     assert saved, "a checkpoint every checkpoint_every steps"

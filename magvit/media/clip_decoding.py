@@ -131,17 +131,26 @@ FILE_WEIGHT = 16 << 10
 TASK_WEIGHT = 256 << 10
 
 
-def file_weight(entry: ManifestEntry) -> int:
-    # a file missing here weighs FILE_WEIGHT: it becomes a reject
-    return (input_size(entry.path) or 0) + FILE_WEIGHT
+def input_sizes(entries: list[ManifestEntry]) -> dict[str, int | None]:
+    """Each entry's size in bytes, None where the driver does not find it: one look per input
+    (a request for a URI) serves both the task plan and the set of inputs the driver saw."""
+    return {entry.path: input_size(entry.path) for entry in entries}
 
 
-def plan_tasks(entries: list[ManifestEntry]) -> list[list[ManifestEntry]]:
-    """Consecutive groups of entries of about TASK_WEIGHT each (a heavy file goes alone)."""
+def file_weight(size: int | None) -> int:
+    # a file missing here (size None) weighs FILE_WEIGHT: it becomes a reject
+    return (size or 0) + FILE_WEIGHT
+
+
+def plan_tasks(
+    entries: list[ManifestEntry], sizes: dict[str, int | None]
+) -> list[list[ManifestEntry]]:
+    """Consecutive groups of entries of about TASK_WEIGHT each (a heavy file goes alone);
+    `sizes` as input_sizes gives them."""
     tasks: list[list[ManifestEntry]] = []
     weight = 0
     for entry in entries:
-        entry_weight = file_weight(entry)
+        entry_weight = file_weight(sizes[entry.path])
         if not tasks or weight + entry_weight > TASK_WEIGHT:
             tasks.append([])
             weight = 0
@@ -189,9 +198,10 @@ def decode_in_order(
     worker, so a worker starts its next task as soon as one ends instead of waiting for the
     driver. Results that finish early wait in `done` for their turn.
     """
-    tasks = enumerate(plan_tasks(entries))
+    sizes = input_sizes(entries)
+    tasks = enumerate(plan_tasks(entries, sizes))
     spec_ref, folder = ray.put(spec), os.getcwd()  # relative paths are the driver's
-    seen = frozenset(entry.path for entry in entries if input_size(entry.path) is not None)
+    seen = frozenset(path for path, size in sizes.items() if size is not None)
     running: dict[ray.ObjectRef, int] = {}  # -> index of the task in the plan
     done: dict[int, list[FileResult]] = {}
     emitted = 0
