@@ -77,11 +77,15 @@ class MLMConfig(DictConfig):
     def preset(cls, name: Literal["cpu", "paper"], **overrides) -> "MLMConfig":
         """Named configuration; `overrides` replace fields of it, e.g. num_classes=101.
 
-        "cpu": 3x8x8 tokens of 18 bits (2 x 2^9), trains on 2 CPU cores.
+        "cpu": 3x8x8 tokens of 18 bits, trains on 2 CPU cores. It predicts each token bit by
+        bit (num_factors = bits: one 2-way head per LFQ bit), not as the paper's 2 x 2^9
+        sub-tokens: at equal steps that predicted more held-out tokens exactly (0.39 against
+        0.34 at 10% and 50% masked) and beat copying in frame prediction (README, MLM table).
         "paper": 5x16x16 tokens of 18 bits (2 x 2^9), MAGVIT's 24 x 1024 transformer (~305M).
         """
         if name == "cpu":
-            base = cls()
+            bits = overrides.get("bits", cls.bits)
+            base = cls(bits=bits, num_factors=bits)
         elif name == "paper":
             base = cls(
                 bits=18,

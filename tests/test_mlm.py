@@ -283,7 +283,10 @@ def test_config_dict_round_trip_and_checks():
 
 def test_presets():
     cpu = MLMConfig.preset("cpu")
-    assert (cpu.grid, cpu.bits, cpu.num_factors, cpu.sub_vocab_size) == ((3, 8, 8), 10, 2, 32)
+    assert (cpu.grid, cpu.bits, cpu.num_factors, cpu.sub_vocab_size) == ((3, 8, 8), 10, 10, 2)
+    bitwise = MLMConfig.preset("cpu", bits=18)  # one head per bit for any vocabulary
+    assert (bitwise.num_factors, bitwise.sub_vocab_size) == (18, 2)
+    assert MLMConfig.preset("cpu", bits=18, num_factors=2).sub_vocab_size == 512
     model = MaskedTokenTransformer(cpu)
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
