@@ -1,8 +1,9 @@
 """Sampling speed: MaskGIT decoding (12 steps) vs one token per step, with the same network.
 
-The cpu-preset masked token transformer (3x8x8 tokens, 10 bits as 2 x 2^5) with random weights,
-or a trained one from --model. Throughput is clips per second, the median of --repeats runs
-after one warm-up run; each run decodes --batch class-conditional clips.
+The cpu-preset masked token transformer (3x8x8 tokens of 18 bits as the cpu profile's, one
+head per bit) with random weights, or a trained one from --model. Throughput is clips per
+second, the median of --repeats runs after one warm-up run; each run decodes --batch
+class-conditional clips.
 
     python benchmarks/sampling.py --batch 4 --repeats 2
 """
@@ -46,7 +47,7 @@ def main() -> None:
     if args.model:
         model = MaskedTokenTransformer.from_pretrained(args.model)
     else:
-        model = MaskedTokenTransformer(MLMConfig.preset("cpu"))
+        model = MaskedTokenTransformer(MLMConfig.preset("cpu", bits=18))
     model.eval()
     cfg = model.config
     labels = torch.arange(args.batch) % (cfg.num_classes + 1)
