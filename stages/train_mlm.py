@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray.data
 import torch
-from ray.data.expressions import col
 
 from magvit.cli import MODEL_FOLDER, TOKEN_FOLDER, require_path, run_stage
 from magvit.formats.corpus_manifest import class_names
@@ -29,7 +29,6 @@ from magvit.media.video_encode import write_gif
 from magvit.params import Params, load_params
 from magvit.runtime.mlflow_models import MLMPyfunc
 from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
-from magvit.runtime.ray_cluster import driver_table_dataset
 from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from magvit.training.mlm_loop import masked_token_metrics, to_token_tensors, train_loop
 from magvit.training.progress import ProgressSpec
@@ -46,12 +45,6 @@ PROGRESS = ProgressSpec(
     "train_mlm", "loss/masked_tokens",
     {"loss": "loss/masked_tokens", "val acc": "val/class_accuracy"},
 )  # fmt: skip
-
-
-def grid_filter(grid):
-    """A Ray Data predicate: the rows whose token grid is `grid` (t, h, w)."""
-    t, h, w = grid
-    return (col("grid_t") == t) & (col("grid_h") == h) & (col("grid_w") == w)
 
 
 def token_table(tokens_dir: Path, split: str, grid):
@@ -123,12 +116,9 @@ def run(
     val_tokens, val_labels = to_token_tensors(
         val_table["tokens"].to_pylist(), val_table["label"].to_pylist(), config.num_classes
     )
+    # the rows this driver read go to Ray's object store: no read tasks, no worker reads a disk
     columns = ["label", "grid_t", "grid_h", "grid_w", "tokens"]
-    datasets = {
-        "tokens": driver_table_dataset([str(p.resolve()) for p in train_paths], columns)
-        .filter(expr=grid_filter(config.grid))
-        .materialize()
-    }
+    datasets = {"tokens": ray.data.from_arrow(train_table.select(columns))}
     val = (val_tokens.numpy(), val_labels.numpy())
     loop = loop_config(run, train, config, params.seed, ray_train, val=val)
     state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key, PROGRESS)

@@ -16,9 +16,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray.data
 import torch
-from ray.data.expressions import col
 
 from magvit.cli import CLIP_FOLDER, require_path, run_stage
 from magvit.evaluation.reconstruction import reconstruct_clips
@@ -34,7 +36,6 @@ from magvit.logs import configure_logging
 from magvit.params import check_clip_shape, load_params
 from magvit.runtime.mlflow_models import TokenizerPyfunc
 from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
-from magvit.runtime.ray_cluster import driver_table_dataset
 from magvit.training.progress import ProgressSpec
 from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
 from magvit.training.tokenizer_loop import train_loop
@@ -59,30 +60,35 @@ def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
     return np.stack([clip_frames(rows[i]) for i in evenly_spaced(len(rows), count)])
 
 
-def single_frames(row: dict) -> list[dict]:
-    """A video clip row -> one T = 1 row per frame."""
-    frames = np.frombuffer(row["frames"], np.uint8).reshape(row["num_frames"], -1)
-    return [
-        {"num_frames": 1, "height": row["height"], "width": row["width"], "frames": f.tobytes()}
-        for f in frames
+def video_frames(videos: pa.Table) -> pa.Table:
+    """Video clip rows -> one T = 1 row per frame, clip after clip."""
+    counts = videos["num_frames"].to_numpy()
+    frames = [
+        frame.tobytes()
+        for clip, count in zip(videos["frames"].to_pylist(), counts, strict=True)
+        for frame in np.frombuffer(clip, np.uint8).reshape(count, -1)
     ]
+    per_frame = videos.take(np.repeat(np.arange(len(counts)), counts))  # each clip's row, T times
+    return per_frame.set_column(
+        0, "num_frames", pa.array(np.ones(len(frames)), videos["num_frames"].type)
+    ).set_column(3, "frames", pa.array(frames, videos["frames"].type))
 
 
 def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple[dict, bool]:
-    """Ray Datasets of train videos and (when there are any) images, materialised once:
-    the stills and, with `frames_as_images`, every frame of the videos."""
+    """Ray Datasets of train videos and (when there are any) images: the stills and, with
+    `frames_as_images`, every frame of the videos. The driver reads the shards and hands the
+    rows to Ray's object store (the workers then need no access to its disk, and no read
+    tasks start: seconds per run); rows stay in file order."""
     columns = ["num_frames", "height", "width", "frames"]
-    counts = pq.read_table(train_shards, columns=["num_frames"]).column(0).to_numpy()
-    base = driver_table_dataset([str(p.resolve()) for p in train_shards], columns)
-    videos = base.filter(expr=col("num_frames") > 1).materialize()
-    datasets = {"videos": videos}
-    images = base.filter(expr=col("num_frames") == 1) if (counts == 1).any() else None
-    if frames_as_images and (counts > 1).any():
-        frames = videos.flat_map(single_frames)
-        images = frames if images is None else images.union(frames)
-    if images is not None:
-        datasets["images"] = images.materialize()
-    return datasets, images is not None
+    table = pq.read_table(train_shards, columns=columns)
+    is_video = pc.greater(table["num_frames"], 1)
+    videos, images = table.filter(is_video), table.filter(pc.invert(is_video))
+    if frames_as_images and videos.num_rows:
+        images = pa.concat_tables([images, video_frames(videos)])
+    datasets = {"videos": ray.data.from_arrow(videos)}
+    if images.num_rows:
+        datasets["images"] = ray.data.from_arrow(images)
+    return datasets, images.num_rows > 0
 
 
 def final_metrics(model: MagvitTokenizer, init: MagvitTokenizer, clips_dir: Path) -> dict:

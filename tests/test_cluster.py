@@ -5,6 +5,7 @@ failure, never a silent reject, where a node cannot read an input or a store."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import pytest
 import torch
 import yaml
 from cluster_nodes import can_hide_folders, mlflow_server, two_node_cluster
+from mlflow.tracking import MlflowClient
 
 from clip_fixtures import write_clip_folder
-from conftest import MAGVIT, RAY_LOG_ERROR, stage_argv
+from conftest import MAGVIT, RAY_LOG_ERROR, stage_argv, stage_paths
 from killed_runs import assert_same_state, kill_after_first_checkpoint, last_state
 from media import png, textured_video
 
@@ -151,21 +153,39 @@ def test_training_refuses_a_tracking_file_or_a_storage_path_some_node_cannot_rea
 
 
 def test_tokenizer_killed_and_resumed_on_the_cluster_ends_as_local_mode_then_tokenizes(site):
+    """SIGKILL after a recorded checkpoint, run again on the cluster: the run resumes there
+    (the same MLflow run) and ends with the generator, EMA, discriminator, LeCam state and
+    both optimisers of an uninterrupted run in local mode, bit for bit: the data order and
+    the augmentations are a function of seed and step, and the RNGs are restored. (The
+    harness's kill in local mode, Ray's own processes killed too, is tests/test_train_mlm.py's.)"""
     driver, shared = site["driver"], site["shared"]
     argv = [str(MAGVIT), "train-tokenizer", "--params", write_params(driver, shared / "runs"),
             *stage_argv("train_tokenizer")]  # fmt: skip
     env = {**site["cluster"].env, "MLFLOW_TRACKING_URI": site["tracking"]}
-    kill_after_first_checkpoint(argv, driver, env, shared / "runs", RUN)
+    resume_step = kill_after_first_checkpoint(argv, driver, env, shared / "runs", RUN)
+    assert 0 < resume_step < 6
+    assert not (driver / stage_paths("train_tokenizer")["out"]).exists(), "a killed run exports"
     resumed = magvit(site, *argv[1:])
     output = resumed.stdout + resumed.stderr
-    assert "training from step 0 to 6" not in output and "training from step " in output
+    assert f"training from step {resume_step} to 6" in output
+    assert "training from step 0 to 6" not in output
+    assert re.search(r"train_tokenizer: 100%\|.*\| 6/6 ", output), "the driver's progress bar"
+    for noise in ("Failed to query Ray Train", "Execution plan of", "Checkpoint successfully",
+                  "Reporting training result", "Warning:"):  # fmt: skip
+        assert noise not in output, f"{noise!r} in the stage's output"
     on_cluster = last_state(shared / "runs", RUN)
     assert on_cluster["step"] == 6
+    client = MlflowClient(site["tracking"])
+    run = client.get_run(on_cluster["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "resume")]
+    assert logged == [f"resume/step_{resume_step:07d}.txt"], "one MLflow run across the kill"
 
     reference = write_params(driver, driver / "reference")
     magvit(site, "train-tokenizer", "--params", reference, "--clips", "data/clips",
            "--out", "reference-model", "--curves", "reference-curves", cluster=False)  # fmt: skip
     local = last_state(driver / "reference", RUN)
+    assert local["opt_d"]["state"], "the discriminator trained"
     keys = ("generator", "ema", "discriminator", "lecam", "opt_g", "opt_d")
     assert_same_state({k: on_cluster[k] for k in keys}, {k: local[k] for k in keys})
 

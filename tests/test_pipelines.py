@@ -128,7 +128,8 @@ def shown_metrics(repo: Path, name: str) -> dict[str, dict]:
     return {path: entry["data"] for path, entry in tip["data"]["metrics"].items()}
 
 
-# every stage, trained for a few steps: the whole graph in a few minutes
+# every stage, trained for a few steps (checkpoint and evaluation at the end only: each costs
+# seconds): the whole graph in a few minutes
 TINY_TRAINING = [
     "ray.train.num_workers=1",
     "train_tokenizer.steps=4",
@@ -136,16 +137,16 @@ TINY_TRAINING = [
     "train_tokenizer.entropy_decay_steps=2",
     "train_tokenizer.disc_start_step=2",
     "train_tokenizer.image_every=0",
-    "train_tokenizer.checkpoint_every=2",
-    "train_tokenizer.eval_every=2",
-    "train_tokenizer.image_log_every=2",
+    "train_tokenizer.checkpoint_every=4",
+    "train_tokenizer.eval_every=4",
+    "train_tokenizer.image_log_every=4",
     "train_tokenizer.eval_clips=2",
     "tokenize.actors=1",
     "train_mlm.steps=4",
     "train_mlm.batch_size=2",
     "train_mlm.warmup_steps=1",
-    "train_mlm.checkpoint_every=2",
-    "train_mlm.eval_every=2",
+    "train_mlm.checkpoint_every=4",
+    "train_mlm.eval_every=4",
     "train_mlm.sampling.steps=2",
     "train_mlm.sampling.samples_per_class=1",
     "domain_classifier.steps=5",
