@@ -1,11 +1,11 @@
 """Stage `train_mlm`: train the masked token model on token shards, record it in MLflow.
 
-Reads the train token grids with Ray Data (split across Ray Train workers), trains with
-magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json + model.safetensors +
-metrics.json), sample GIFs per class and for frame prediction in artifacts/mlm/samples/, and
-the curves (DVC plots) as CSVs in one folder, each holding only the steps where its metrics
-were logged: train.csv (loss and accuracy), val.csv (accuracy at the evaluation steps).
-A killed run resumes from its last checkpoint when the stage is run again.
+The driver reads the train token grids and hands them to Ray Data (split across Ray Train
+workers); trains with magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json +
+model.safetensors + metrics.json), sample GIFs per class and for frame prediction in
+artifacts/mlm/samples/, and the curves (DVC plots) as CSVs in one folder, each holding only the
+steps where its metrics were logged: train.csv (loss and accuracy), val.csv (accuracy at the
+evaluation steps). A killed run resumes from its last checkpoint when the stage is run again.
 """
 
 from __future__ import annotations

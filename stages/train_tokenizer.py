@@ -1,10 +1,10 @@
 """Stage `train_tokenizer`: train the MAGVIT-v2 tokenizer on Ray Train, record it in MLflow.
 
-Reads the train clips with Ray Data (split across workers), trains with the recipe in
-magvit.training.tokenizer_loop, and exports the final EMA weights to artifacts/tokenizer/
-(config.json + model.safetensors), with metrics.json (DVC metrics) and the curves (DVC plots)
-as CSVs in one folder, each holding only the steps where its metrics were logged:
-train.csv (losses), gan.csv (GAN losses, header only when no GAN trained), val.csv
+The driver reads the train clips and hands them to Ray Data (split across workers); trains
+with the recipe in magvit.training.tokenizer_loop, and exports the final EMA weights to
+artifacts/tokenizer/ (config.json + model.safetensors), with metrics.json (DVC metrics) and the
+curves (DVC plots) as CSVs in one folder, each holding only the steps where its metrics were
+logged: train.csv (losses), gan.csv (GAN losses, header only when no GAN trained), val.csv
 (validation PSNR at the evaluation steps). A killed run resumes from its last checkpoint when
 the stage is run again.
 """
