@@ -70,7 +70,7 @@ def video_frames(videos: pa.Table) -> pa.Table:
     ]
     per_frame = videos.take(np.repeat(np.arange(len(counts)), counts))  # each clip's row, T times
     return per_frame.set_column(
-        0, "num_frames", pa.array(np.ones(len(frames)), videos["num_frames"].type)
+        0, "num_frames", pa.array(np.ones(len(frames), np.int64), videos["num_frames"].type)
     ).set_column(3, "frames", pa.array(frames, videos["frames"].type))
 
 

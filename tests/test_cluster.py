@@ -164,7 +164,8 @@ def test_tokenizer_killed_and_resumed_on_the_cluster_ends_as_local_mode_then_tok
     env = {**site["cluster"].env, "MLFLOW_TRACKING_URI": site["tracking"]}
     resume_step = kill_after_first_checkpoint(argv, driver, env, shared / "runs", RUN)
     assert 0 < resume_step < 6
-    assert not (driver / stage_paths("train_tokenizer")["out"]).exists(), "a killed run exports"
+    export = driver / stage_paths("train_tokenizer")["out"]
+    assert not export.exists(), "a killed run exports no model"
     resumed = magvit(site, *argv[1:])
     output = resumed.stdout + resumed.stderr
     assert f"training from step {resume_step} to 6" in output
