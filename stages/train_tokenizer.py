@@ -62,16 +62,13 @@ def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
 
 def video_frames(videos: pa.Table) -> pa.Table:
     """Video clip rows -> one T = 1 row per frame, clip after clip."""
+    frames = [frame.tobytes() for row in videos.to_pylist() for frame in clip_frames(row)]
     counts = videos["num_frames"].to_numpy()
-    frames = [
-        frame.tobytes()
-        for clip, count in zip(videos["frames"].to_pylist(), counts, strict=True)
-        for frame in np.frombuffer(clip, np.uint8).reshape(count, -1)
-    ]
     per_frame = videos.take(np.repeat(np.arange(len(counts)), counts))  # each clip's row, T times
-    return per_frame.set_column(
-        0, "num_frames", pa.array(np.ones(len(frames), np.int64), videos["num_frames"].type)
-    ).set_column(3, "frames", pa.array(frames, videos["frames"].type))
+    for name, values in (("num_frames", np.ones(len(frames), np.int64)), ("frames", frames)):
+        index = per_frame.schema.get_field_index(name)
+        per_frame = per_frame.set_column(index, name, pa.array(values, videos[name].type))
+    return per_frame
 
 
 def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple[dict, bool]:
