@@ -20,12 +20,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1: one user on a local SQLite store; MLflow's own "
+        "default of 4 costs each a Python process and contends for the SQLite lock)",
+    )
     args = parser.parse_args(argv)
     uri = tracking_uri()
     for old_root in relocate_artifacts(uri):
         print(f"artifact locations under {old_root} now point into ./mlartifacts", flush=True)
     mlflow = Path(sys.executable).parent / "mlflow"
     command = ["ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    command += ["--workers", str(args.workers)]
+    # MLflow's job execution (GenAI scorer jobs) starts ~8 job-queue consumers, each a Python
+    # process (~4 CPU s to start): nothing in this pipeline submits jobs
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(mlflow, [str(mlflow), *command])
 
 

@@ -120,6 +120,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
          "--artifacts-destination", str(folder / "mlartifacts")],
         stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as magvit.mlflow_ui
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
