@@ -62,12 +62,14 @@ def wait_healthy(api_url: str, server: subprocess.Popen, timeout_s: float) -> No
 
 
 def server_env(api_url: str) -> dict[str, str]:
-    """The server's environment, with the API URL its UI should call.
+    """The server's environment, with the API URL its UI should call and no telemetry.
 
     The UI reads that URL from the server's /ui-settings, which Prefect takes from
     PREFECT_API_URL or PREFECT_SERVER_API_HOST/PORT (127.0.0.1:4200), not from `--port`.
     """
-    return {**command_env(), "PREFECT_SERVER_UI_API_URL": api_url}
+    # no telemetry: the pipeline makes no network calls of its own (a user's setting wins)
+    analytics = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return {**analytics, **command_env(), "PREFECT_SERVER_UI_API_URL": api_url}
 
 
 def start_server(host: str, port: int, log_path: Path, timeout_s: float) -> subprocess.Popen:

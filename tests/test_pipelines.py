@@ -35,8 +35,10 @@ FAST = {"retries": 0, "lock_poll_s": 1}
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # as pipelines.serve: offline
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,13 @@ def test_the_ui_of_a_server_on_another_port_calls_that_port(tmp_path, monkeypatc
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as reply:
             settings = json.load(reply)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/admin/settings") as reply:
+            server_settings = json.load(reply)["server"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+    assert server_settings["analytics_enabled"] is False, "no telemetry leaves the machine"
 
 
 def test_a_moved_clone_shows_its_mlflow_artifacts(tmp_path, monkeypatch):
