@@ -15,6 +15,10 @@ from pathlib import Path
 
 from magvit.runtime.mlflow_tracking import relocate_artifacts, tracking_uri
 
+# MLflow's job execution (GenAI scorer jobs) starts ~8 job-queue consumers, each a Python
+# process (~4 CPU s to start): nothing in this pipeline submits jobs
+NO_JOB_QUEUE = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,11 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     for old_root in relocate_artifacts(uri):
         print(f"artifact locations under {old_root} now point into ./mlartifacts", flush=True)
     mlflow = Path(sys.executable).parent / "mlflow"
-    command = ["ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    command += ["--workers", str(args.workers)]
-    # MLflow's job execution (GenAI scorer jobs) starts ~8 job-queue consumers, each a Python
-    # process (~4 CPU s to start): nothing in this pipeline submits jobs
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    command = ["ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
+               "--workers", str(args.workers)]  # fmt: skip
+    for name, value in NO_JOB_QUEUE.items():
+        os.environ.setdefault(name, value)  # a user's setting wins
     os.execv(mlflow, [str(mlflow), *command])
 
 

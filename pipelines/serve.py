@@ -25,6 +25,10 @@ from pipelines.nightly import nightly_deployment
 from pipelines.shell import BIN, command_env
 from pipelines.tokenize_corpus import tokenize_corpus
 
+# no telemetry to Prefect's servers: the pipeline makes no network calls of its own (a user's
+# setting wins)
+NO_TELEMETRY = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -67,9 +71,7 @@ def server_env(api_url: str) -> dict[str, str]:
     The UI reads that URL from the server's /ui-settings, which Prefect takes from
     PREFECT_API_URL or PREFECT_SERVER_API_HOST/PORT (127.0.0.1:4200), not from `--port`.
     """
-    # no telemetry: the pipeline makes no network calls of its own (a user's setting wins)
-    analytics = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return {**analytics, **command_env(), "PREFECT_SERVER_UI_API_URL": api_url}
+    return {**NO_TELEMETRY, **command_env(), "PREFECT_SERVER_UI_API_URL": api_url}
 
 
 def start_server(host: str, port: int, log_path: Path, timeout_s: float) -> subprocess.Popen:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from magvit.mlflow_ui import NO_JOB_QUEUE
+
 from conftest import free_port, wait_for_url
 
 BIN = Path(sys.executable).parent
@@ -120,7 +122,7 @@ def mlflow_server(folder: Path) -> Iterator[str]:
          "--artifacts-destination", str(folder / "mlartifacts")],
         stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as magvit.mlflow_ui
+        env={**os.environ, **NO_JOB_QUEUE},
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:

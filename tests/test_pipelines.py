@@ -16,6 +16,7 @@ from magvit.media.video_encode import write_mp4
 from pipelines.champion import CHAMPION, decide_champion, promote_if_better
 from pipelines.end_to_end import DvcLockTimeout, StageFailed, end_to_end
 from pipelines.nightly import nightly_deployment, nightly_retrain, repo_tracking_uri
+from pipelines.serve import NO_TELEMETRY
 from pipelines.tokenize_corpus import tokenize_corpus
 
 from conftest import ROOT
@@ -36,7 +37,8 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # as pipelines.serve: offline
+        for name, value in NO_TELEMETRY.items():
+            patch.setenv(name, value)
         with prefect_test_harness(server_startup_timeout=180):
             yield
 
