@@ -7,6 +7,7 @@ prints validation PSNR against steps and CPU seconds for the profile in params.y
 variants given, then the held-out test figures of each run's exported (EMA) weights.
 
     .venv/bin/python benchmarks/tokenizer_quality.py --steps 600 --eval-every 150
+    .venv/bin/python benchmarks/tokenizer_quality.py --stop-after 500 --threads 1  # 500 of 2,000
     .venv/bin/python benchmarks/tokenizer_quality.py \\
         --variant 'no_gan={"train_tokenizer": {"gan_weight": 0}}' \\
         --variant 'k14={"tokenizer": {"overrides": {"bits": 14}}}'
@@ -64,7 +65,12 @@ def batches(clips: np.ndarray, batch_size: int, seed: int):
             yield clips[order[start : start + batch_size]]
 
 
-def run_variant(params: Params, clips_dir: Path, steps: int, eval_every: int, threads: int):
+def run_variant(
+    params: Params, clips_dir: Path, steps: int, eval_every: int, threads: int, stop_after: int
+):
+    """Train `stop_after` steps of a `steps`-step schedule (the learning rate's cosine and the
+    entropy schedule span `steps`): the (step, CPU s, raw, EMA val PSNR) curve, the EMA model,
+    and the val clips."""
     torch.set_num_threads(threads)
     torch.manual_seed(params.seed)
     p = params.train_tokenizer.model_copy(update={"steps": steps})
@@ -77,7 +83,7 @@ def run_variant(params: Params, clips_dir: Path, steps: int, eval_every: int, th
     image_batches = batches(images, min(len(images), p.image_batch_size * workers), params.seed)
     curve, cpu_seconds = [], 0.0
     train_probe = videos[evenly_spaced(len(videos), p.eval_clips)]
-    for step in range(steps):
+    for step in range(stop_after):
         image_step = len(images) and p.image_every and step % p.image_every == p.image_every - 1
         frames = next(image_batches if image_step else video_batches)
         if p.augment:
@@ -88,7 +94,7 @@ def run_variant(params: Params, clips_dir: Path, steps: int, eval_every: int, th
         models.generator.train()
         train_step(models, models.generator, models.discriminator, x, step, p)
         cpu_seconds += time.process_time() - started
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+        if (step + 1) % eval_every == 0 or step + 1 == stop_after:
             raw = reconstruct_clips(models.generator, val, "cpu")["psnr"]
             ema = reconstruct_clips(models.ema.shadow, val, "cpu")["psnr"]
             train = reconstruct_clips(models.ema.shadow, train_probe, "cpu")["psnr"]
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--clips", default="data/clips")
     parser.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    parser.add_argument("--stop-after", type=int, help="stop after this many steps of the "
+                        "schedule, e.g. the first 500 of the profile's (default: all)")  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON params")
@@ -137,9 +145,10 @@ def main() -> None:
     for name, raw_params in variants:
         params = Params.model_validate(raw_params)
         steps = args.steps or params.train_tokenizer.steps
-        print(f"{name}: {steps} steps", flush=True)
+        stop_after = min(args.stop_after or steps, steps)
+        print(f"{name}: {stop_after} of {steps} steps", flush=True)
         curve, model, val = run_variant(
-            params, Path(args.clips), steps, args.eval_every, args.threads
+            params, Path(args.clips), steps, args.eval_every, args.threads, stop_after
         )
         recon = reconstruct_clips(model, val, "cpu")["recon"]
         per_frame = [psnr(val[:, f], recon[:, f]) for f in range(val.shape[1])]
