@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--pictures", type=Path, help="folder for NAME.png: val clips above "
                         "their reconstructions by each run's EMA weights")  # fmt: skip
     args = parser.parse_args()
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: must be at least 1")
 
     base = yaml.safe_load(Path(args.params).read_text())
     variants = [] if args.no_profile else [("profile", base)]
