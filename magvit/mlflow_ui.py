@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     mlflow = Path(sys.executable).parent / "mlflow"
     command = ["ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
                "--workers", str(args.workers)]  # fmt: skip
-    for name, value in NO_JOB_QUEUE.items():
-        os.environ.setdefault(name, value)  # a user's setting wins
-    os.execv(mlflow, [str(mlflow), *command])
+    env = {**NO_JOB_QUEUE, **os.environ}  # a user's setting wins
+    os.execve(mlflow, [str(mlflow), *command], env)
 
 
 if __name__ == "__main__":

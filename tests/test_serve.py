@@ -26,7 +26,8 @@ def test_the_ui_of_a_server_on_another_port_calls_that_port(tmp_path, monkeypatc
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as reply:
             settings = json.load(reply)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/admin/settings") as reply:
+        admin = f"http://127.0.0.1:{port}/api/admin/settings"
+        with urllib.request.urlopen(admin, timeout=10) as reply:
             server_settings = json.load(reply)["server"]
     finally:
         server.terminate()
