@@ -109,8 +109,6 @@ class RayTrainParams(_Strict):
     cpus_per_worker: Annotated[float, Field(gt=0, le=256)] = 1
     max_failures: Annotated[int, Field(ge=-1)] = 2  # worker failures retried (-1: forever)
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
-    # rows each worker shuffles over per epoch; at least its shard is a full shuffle
-    shuffle_buffer: Annotated[int, Field(ge=1)] = 4096
 
 
 class RayParams(_Strict):

@@ -1,7 +1,7 @@
 """Stage `train_mlm`: train the masked token model on token shards, record it in MLflow.
 
-The driver reads the train token grids and hands them to Ray Data (split across Ray Train
-workers); trains with magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json +
+The driver reads the train token grids and deals them to the Ray Train workers through Ray's
+object store; trains with magvit.training.mlm_loop, and writes artifacts/mlm/ (config.json +
 model.safetensors + metrics.json), sample GIFs per class and for frame prediction in
 artifacts/mlm/samples/, and the curves (DVC plots) as CSVs in one folder, each holding only the
 steps where its metrics were logged: train.csv (loss and accuracy), val.csv (accuracy at the
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray.data
 import torch
 
 from magvit.cli import MODEL_FOLDER, TOKEN_FOLDER, require_path, run_stage
@@ -32,7 +31,13 @@ from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
 from magvit.sampling import class_samples, predict_frames, sampler_config, tile_clips
 from magvit.training.mlm_loop import masked_token_metrics, to_token_tensors, train_loop
 from magvit.training.progress import ProgressSpec
-from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
+from magvit.training.ray_harness import (
+    finish_training,
+    fit,
+    loop_config,
+    start_training_run,
+    worker_shards,
+)
 from models.mlm import MaskedTokenTransformer
 from models.tokenizer import MagvitTokenizer
 
@@ -116,12 +121,15 @@ def run(
     val_tokens, val_labels = to_token_tensors(
         val_table["tokens"].to_pylist(), val_table["label"].to_pylist(), config.num_classes
     )
-    # the rows this driver read go to Ray's object store: no read tasks, no worker reads a disk
-    columns = ["label", "grid_t", "grid_h", "grid_w", "tokens"]
-    datasets = {"tokens": ray.data.from_arrow(train_table.select(columns))}
+    train_tokens, train_labels = to_token_tensors(
+        train_table["tokens"].to_pylist(), train_table["label"].to_pylist(), config.num_classes
+    )
+    shards = worker_shards(
+        {"tokens": train_tokens.numpy(), "labels": train_labels.numpy()}, ray_train.num_workers
+    )
     val = (val_tokens.numpy(), val_labels.numpy())
-    loop = loop_config(run, train, config, params.seed, ray_train, val=val)
-    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key, PROGRESS)
+    loop = loop_config(run, train, config, params.seed, ray_train, shards, val=val)
+    state = fit(train_loop, loop, ray_train, train.storage_path, run.key, PROGRESS)
 
     mlm = MaskedTokenTransformer(config)
     mlm.load_state_dict(state["model"])

@@ -1,7 +1,7 @@
 """Stage `train_tokenizer`: train the MAGVIT-v2 tokenizer on Ray Train, record it in MLflow.
 
-The driver reads the train clips and hands them to Ray Data (split across workers); trains
-with the recipe in magvit.training.tokenizer_loop, and exports the final EMA weights to
+The driver reads the train clips and deals them to the workers through Ray's object store;
+trains with the recipe in magvit.training.tokenizer_loop, and exports the final EMA weights to
 artifacts/tokenizer/ (config.json + model.safetensors), with metrics.json (DVC metrics) and the
 curves (DVC plots) as CSVs in one folder, each holding only the steps where its metrics were
 logged: train.csv (losses), gan.csv (GAN losses, header only when no GAN trained), val.csv
@@ -16,11 +16,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray.data
 import torch
+from einops import rearrange
 
 from magvit.cli import CLIP_FOLDER, require_path, run_stage
 from magvit.evaluation.reconstruction import reconstruct_clips
@@ -37,7 +35,13 @@ from magvit.params import check_clip_shape, load_params
 from magvit.runtime.mlflow_models import TokenizerPyfunc
 from magvit.runtime.mlflow_tracking import mean_metric, write_metric_curves
 from magvit.training.progress import ProgressSpec
-from magvit.training.ray_harness import finish_training, fit, loop_config, start_training_run
+from magvit.training.ray_harness import (
+    finish_training,
+    fit,
+    loop_config,
+    start_training_run,
+    worker_shards,
+)
 from magvit.training.tokenizer_loop import train_loop
 from models.tokenizer import MagvitTokenizer
 
@@ -60,32 +64,31 @@ def evaluation_clips(clips_dir: Path, count: int) -> np.ndarray:
     return np.stack([clip_frames(rows[i]) for i in evenly_spaced(len(rows), count)])
 
 
-def video_frames(videos: pa.Table) -> pa.Table:
-    """Video clip rows -> one T = 1 row per frame, clip after clip."""
-    frames = [frame.tobytes() for row in videos.to_pylist() for frame in clip_frames(row)]
-    counts = videos["num_frames"].to_numpy()
-    per_frame = videos.take(np.repeat(np.arange(len(counts)), counts))  # each clip's row, T times
-    for name, values in (("num_frames", np.ones(len(frames), np.int64)), ("frames", frames)):
-        index = per_frame.schema.get_field_index(name)
-        per_frame = per_frame.set_column(index, name, pa.array(values, videos[name].type))
-    return per_frame
+def stacked_clips(rows: list[dict], kind: str) -> np.ndarray:
+    """uint8 [N, T, H, W, 3] of clip rows that must share one shape."""
+    shapes = sorted({(r["num_frames"], r["height"], r["width"]) for r in rows})
+    if len(shapes) > 1:
+        raise ValueError(f"train {kind} of several shapes (T, H, W) {shapes}; decode makes one")
+    return np.stack([clip_frames(row) for row in rows])
 
 
-def training_datasets(train_shards: list[Path], frames_as_images: bool) -> tuple[dict, bool]:
-    """Ray Datasets of train videos and (when there are any) images: the stills and, with
-    `frames_as_images`, every frame of the videos. The driver reads the shards and hands the
-    rows to Ray's object store (the workers then need no access to its disk, and no read
-    tasks start: seconds per run); rows stay in file order."""
-    columns = ["num_frames", "height", "width", "frames"]
-    table = pq.read_table(train_shards, columns=columns)
-    is_video = pc.greater(table["num_frames"], 1)
-    videos, images = table.filter(is_video), table.filter(pc.invert(is_video))
-    if frames_as_images and videos.num_rows:
-        images = pa.concat_tables([images, video_frames(videos)])
-    datasets = {"videos": ray.data.from_arrow(videos)}
-    if images.num_rows:
-        datasets["images"] = ray.data.from_arrow(images)
-    return datasets, images.num_rows > 0
+def training_arrays(train_shards: list[Path], frames_as_images: bool) -> dict[str, np.ndarray]:
+    """The train videos uint8 [N, T, H, W, 3] and (when there are any) images [M, 1, H, W, 3]:
+    the stills and, with `frames_as_images`, every frame of the videos, clip after clip.
+    Rows keep file order."""
+    table = pq.read_table(train_shards, columns=["num_frames", "height", "width", "frames"])
+    rows = table.to_pylist()
+    videos = [row for row in rows if row["num_frames"] > 1]
+    stills = [row for row in rows if row["num_frames"] == 1]
+    if not videos:
+        raise ValueError(f"no train video clips in {len(train_shards)} shard(s)")
+    arrays = {"videos": stacked_clips(videos, "videos")}
+    images = [stacked_clips(stills, "images")] if stills else []
+    if frames_as_images:
+        images.append(rearrange(arrays["videos"], "n t h w c -> (n t) 1 h w c"))
+    if images:
+        arrays["images"] = np.concatenate(images)
+    return arrays
 
 
 def final_metrics(model: MagvitTokenizer, init: MagvitTokenizer, clips_dir: Path) -> dict:
@@ -120,12 +123,13 @@ def run(params_path: str, clips_dir: Path, out_dir: Path, curves_dir: Path) -> d
         "tokenizer", EXPERIMENT, train, model_config, params.seed, train_shards, ray_train,
         cadence_keys={"log_every", "eval_every", "image_log_every"},
     )  # fmt: skip
-    datasets, has_images = training_datasets(train_shards, train.frames_as_images)
+    arrays = training_arrays(train_shards, train.frames_as_images)
+    shards = worker_shards(arrays, ray_train.num_workers)
     val_clips = evaluation_clips(clips_dir, train.eval_clips)
     loop = loop_config(
-        run, train, model_config, params.seed, ray_train, has_images=has_images, val_clips=val_clips
+        run, train, model_config, params.seed, ray_train, shards, val_clips=val_clips
     )
-    state = fit(train_loop, loop, datasets, ray_train, train.storage_path, run.key, PROGRESS)
+    state = fit(train_loop, loop, ray_train, train.storage_path, run.key, PROGRESS)
 
     model = MagvitTokenizer(model_config)
     model.load_state_dict(state["ema"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from magvit.training.ray_harness import run_key
+from magvit.training.ray_harness import endless_batches, run_key
 from models.ema import EMA
 from models.lr_schedule import warmup_cosine_lr
 from models.recon_metrics import codebook_usage, psnr, ssim
@@ -64,6 +64,28 @@ def test_run_key_changes_with_what_defines_the_run():
     assert a != run_key("tokenizer", {"steps": 11}, "data-a")
     assert a != run_key("tokenizer", {"steps": 10}, "data-b")
     assert a.startswith("tokenizer-")
+
+
+def test_batches_cover_every_row_once_an_epoch_in_an_order_of_seed_and_step():
+    def first(count, batch, seed, n, **kwargs):
+        return [
+            b.tolist() for b in itertools.islice(endless_batches(count, batch, seed, **kwargs), n)
+        ]
+
+    epochs = first(10, 4, seed=3, n=4, drop_last=False)  # 4 + 4 + 2 rows, then a new order
+    assert [len(b) for b in epochs] == [4, 4, 2, 4]
+    assert sorted(sum(epochs[:3], [])) == list(range(10))
+    full = first(10, 4, seed=3, n=6)  # drop_last: two full batches an epoch, reshuffled
+    assert [len(b) for b in full] == [4] * 6 and full[:2] != full[2:4]
+    assert all(len(set(sum(full[i : i + 2], []))) == 8 for i in (0, 2, 4))
+    # a run resumed at step 5 draws what the uninterrupted run drew from step 5 on
+    assert first(10, 4, seed=3, n=1, skip=5) == full[5:6]
+    assert first(10, 4, seed=3, n=6) == full and first(10, 4, seed=4, n=6) != full
+    with pytest.raises(ValueError, match="holds 3 rows, fewer than batch_size=4"):
+        endless_batches(3, 4, seed=0)
+    assert sorted(first(3, 4, seed=0, n=1, drop_last=False)[0]) == [0, 1, 2]  # one short batch
+    with pytest.raises(ValueError, match="holds 0 rows"):
+        endless_batches(0, 4, seed=0, drop_last=False)
 
 
 def test_clip_shape_must_fit_the_tokenizer():

@@ -10,18 +10,6 @@ from einops import rearrange
 from models.tokenizer import pixels_to_unit, unit_to_pixels
 
 
-def batch_frames(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """uint8 [B, T, H, W, 3] from a numpy batch of clip rows (all of one shape)."""
-    shapes = {
-        (int(t), int(h), int(w))
-        for t, h, w in zip(batch["num_frames"], batch["height"], batch["width"], strict=True)
-    }
-    if len(shapes) != 1:
-        raise ValueError(f"a batch must hold clips of one shape, got {sorted(shapes)}")
-    (shape,) = shapes
-    return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(*shape, 3) for b in batch["frames"]])
-
-
 def augment(
     frames: np.ndarray, rng: np.random.Generator, max_zoom: float = 1.0, colour_orders: bool = True
 ) -> np.ndarray:

@@ -29,6 +29,7 @@ from magvit.training.ray_harness import (
     resume,
     start_worker,
     step_seed,
+    worker_arrays,
 )
 from models.lr_schedule import warmup_cosine_lr
 from models.mlm import (
@@ -181,11 +182,11 @@ def train_loop(config: dict) -> None:
     no_label = model.no_label_id
     condition_tokens = p.condition_frames * model_config.grid[1] * model_config.grid[2]
     generator = torch.Generator()
-    shard = ray.train.get_dataset_shard("tokens")
+    arrays = worker_arrays(loop, rank)  # int64 tokens [N, t*h*w], labels [N] (no_label: none)
     batches = (
-        to_token_tensors(batch["tokens"], batch["label"], no_label)
-        for batch in endless_batches(
-            shard, p.batch_size, loop.seed + rank, loop.shuffle_buffer, skip=step
+        (torch.from_numpy(arrays["tokens"][index]), torch.from_numpy(arrays["labels"][index]))
+        for index in endless_batches(
+            len(arrays["tokens"]), p.batch_size, loop.seed + rank, skip=step
         )
     )
     # copies: arrays from Ray's object store are read-only, which torch warns about

@@ -1,12 +1,14 @@
 """The Ray Train harness shared by the training stages (tokenizer, MLM).
 
 One skeleton for both training stages. Driver side: `start_training_run` names the run by
-everything that defines it and opens its MLflow run; `fit` runs a `TorchTrainer` (DDP: gloo
+everything that defines it and opens its MLflow run; `worker_shards` deals the training
+arrays to the workers through Ray's object store; `fit` runs a `TorchTrainer` (DDP: gloo
 on CPU, nccl on GPU) under that name, so re-running a killed stage resumes from its last
 checkpoint while changed params or data start a new run; `finish_training` exports the
 model, writes metrics and curves and registers the model. Worker side: `start_worker` sets
 threads, seed, device and the rank-0 MLflow logger from the typed `LoopConfig`;
-`resume` restores the last checkpoint; `due` is the step cadence; `report_step` saves.
+`resume` restores the last checkpoint; `worker_arrays` and `endless_batches` give the
+worker its rows in a seeded order; `due` is the step cadence; `report_step` saves.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -31,7 +32,6 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 from ray.train import (
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     LoggingConfig,
     RunConfig,
@@ -96,9 +96,9 @@ class LoopConfig:
     model: DictConfig  # the model's typed config
     seed: int
     cpus_per_worker: float
-    shuffle_buffer: int  # rows each worker's batches are drawn from at random
     tracking_uri: str
     mlflow_run_id: str
+    shards: dict[str, list] = field(default_factory=dict)  # worker_shards: training arrays
     data: dict = field(default_factory=dict)  # what the loop needs from the driver (val data)
 
 
@@ -123,20 +123,13 @@ def start_training_run(
         train.model_dump(exclude=cadence_keys),
         seed,
         files_fingerprint(data_files),
-        ray_params.shuffle_buffer,
     )
     params = {f"train.{k}": v for k, v in train.model_dump().items()}
     params |= {f"model.{k}": v for k, v in model.to_dict().items()}
     params |= {f"ray.{k}": v for k, v in ray_params.model_dump().items()} | {"seed": seed}
     key = run_key(prefix, *definition)
-    # a local instance needs a spare CPU beside the workers for Ray Data's tasks
-    needed = int(ray_params.num_workers * ray_params.cpus_per_worker) + 1
+    needed = int(ray_params.num_workers * ray_params.cpus_per_worker)
     init_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False  # one bar per epoch
-    # rows in file order however the read tasks finish: with FixedSplit, each worker's
-    # batches are then a function of seed and step alone (exact resume)
-    data_context.execution_options.preserve_order = True
     uri = tracking_uri()
     check_tracking_for_cluster(uri)
     mlflow.set_tracking_uri(uri)
@@ -152,36 +145,37 @@ def final_state(result: ray.train.Result) -> dict:
         return load_state_file(directory)
 
 
-def loop_config(run: TrainingRun, train: BaseModel, model: DictConfig, seed: int,
-                ray_params: RayTrainParams, **data) -> LoopConfig:  # fmt: skip
+def loop_config(
+    run: TrainingRun,
+    train: BaseModel,
+    model: DictConfig,
+    seed: int,
+    ray_params: RayTrainParams,
+    shards: dict[str, list],
+    **data,
+) -> LoopConfig:
     return LoopConfig(
-        train, model, seed, ray_params.cpus_per_worker, ray_params.shuffle_buffer,
-        run.tracking_uri, run.mlflow_run_id, data,
+        train, model, seed, ray_params.cpus_per_worker, run.tracking_uri, run.mlflow_run_id,
+        shards, data,
     )  # fmt: skip
 
 
-class FixedSplit(DataConfig):
-    """Each worker reads the same rows in every run: the datasets split by row order
-    (Dataset.split, done on the driver before the workers take their CPUs), where Ray
-    Train's default streaming split hands blocks to whichever worker asks first. With it a
-    run's data order is a function of seed and step, so a resumed run trains on what the
-    uninterrupted run trained on."""
-
-    def __init__(self, datasets: dict, world_size: int):
-        super().__init__()
-        self.parts = {name: ds.split(world_size, equal=True) for name, ds in datasets.items()}
-
-    def configure(self, datasets: dict, world_size: int, *args, **kwargs) -> list[dict]:
-        return [
-            {name: parts[rank].iterator() for name, parts in self.parts.items()}
-            for rank in range(world_size)
-        ]
+def worker_shards(arrays: dict[str, np.ndarray], workers: int) -> dict[str, list]:
+    """Each training array's rows dealt to the workers (row r to worker r % workers), one
+    object in Ray's object store per worker and array: the driver read the data, so no
+    worker needs its disk (on a cluster the objects travel to the workers' nodes), and each
+    worker holds the same rows in every run, which makes its batches a function of seed and
+    step alone (`endless_batches`): a resumed run trains on what the uninterrupted run did.
+    Rows are dealt rather than cut into blocks so that every worker sees every source."""
+    return {
+        name: [ray.put(np.ascontiguousarray(rows[rank::workers])) for rank in range(workers)]
+        for name, rows in arrays.items()
+    }
 
 
 def fit(
     train_loop: Callable[[dict], None],
     loop: LoopConfig,
-    datasets: dict,
     ray_params: RayTrainParams,
     storage_path: str,
     name: str,
@@ -209,8 +203,6 @@ def fit(
             # files in Ray's session folder; the progress bar shows the run instead
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets,
-        dataset_config=FixedSplit(datasets, ray_params.num_workers),
     )
     with training_progress(loop.tracking_uri, loop.mlflow_run_id, loop.train.steps, progress):
         result = trainer.fit()
@@ -318,39 +310,29 @@ def report_step(metrics: dict, state: dict | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def worker_arrays(loop: LoopConfig, rank: int) -> dict[str, np.ndarray]:
+    """This worker's rows of each training array (`worker_shards`), read-only."""
+    return {name: ray.get(refs[rank]) for name, refs in loop.shards.items()}
+
+
 def endless_batches(
-    shard, batch_size: int, seed: int, shuffle_buffer: int, drop_last: bool = True, skip: int = 0
-) -> Iterator[dict]:
-    """Numpy batches from this worker's Ray Data shard, epoch after epoch, reshuffled; the
-    first `skip` are passed over, so a run resumed at step S sees the batches an
-    uninterrupted run saw from step S on (the shard's order is the same in every run).
-
-    Rows arrive in file order (the clips of one video side by side), so batches are drawn
-    from a buffer of `shuffle_buffer` rows; Ray fills it a block at a time, so a buffer of
-    a few batches would, on a corpus of many blocks, draw each batch from one or two videos.
-    """
-    return itertools.islice(_epochs(shard, batch_size, seed, shuffle_buffer, drop_last), skip, None)
-
-
-def _epochs(shard, batch_size: int, seed: int, shuffle_buffer: int, drop_last: bool):
-    epoch = 0
-    while True:
-        produced = False
-        for batch in shard.iter_batches(
-            batch_size=batch_size,
-            batch_format="numpy",
-            drop_last=drop_last,
-            local_shuffle_buffer_size=max(shuffle_buffer, batch_size),
-            local_shuffle_seed=seed + epoch,
-        ):
-            produced = True
-            yield batch
-        if not produced:
-            raise ValueError(
-                f"this worker's data shard holds fewer than batch_size={batch_size} rows; "
-                "lower the batch size or the number of workers"
-            )
-        epoch += 1
+    count: int, batch_size: int, seed: int, drop_last: bool = True, skip: int = 0
+) -> Iterator[np.ndarray]:
+    """Row indices of batches of this worker's `count` rows, epoch after epoch, each epoch in
+    an order drawn from (seed, epoch); the first `skip` batches are passed over, so a run
+    resumed at step S sees the batches an uninterrupted run saw from step S on."""
+    if count < (batch_size if drop_last else 1):
+        raise ValueError(
+            f"this worker's share of the data holds {count} rows, fewer than "
+            f"batch_size={batch_size}; lower the batch size or the number of workers"
+        )
+    end = count - count % batch_size if drop_last else count
+    batches = (
+        np.random.default_rng([seed, epoch]).permutation(count)[start : start + batch_size]
+        for epoch in itertools.count()
+        for start in range(0, end, batch_size)
+    )
+    return itertools.islice(batches, skip, None)
 
 
 def step_seed(*parts: int) -> int:

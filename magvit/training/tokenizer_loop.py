@@ -20,7 +20,7 @@ import torch
 
 from magvit.evaluation.reconstruction import reconstruct_clips
 from magvit.params import TrainTokenizerParams
-from magvit.training.clip_batches import augment, batch_frames, to_model_input, video_grid
+from magvit.training.clip_batches import augment, to_model_input, video_grid
 from magvit.training.precision import autocast, use_bf16
 from magvit.training.ray_harness import (
     LoopConfig,
@@ -31,6 +31,7 @@ from magvit.training.ray_harness import (
     resume,
     start_worker,
     step_seed,
+    worker_arrays,
 )
 from models.discriminator import Discriminator3d, DiscriminatorConfig
 from models.ema import EMA
@@ -91,7 +92,8 @@ def build_models(model_config: TokenizerConfig, p: TrainTokenizerParams, device)
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point; `config["loop"]` is the LoopConfig of stages.train_tokenizer
-    (data: `val_clips` uint8 [N, T, H, W, 3], `has_images`)."""
+    (shards: `videos` and, when the corpus has them, `images`; data: `val_clips` uint8
+    [N, T, H, W, 3])."""
     loop: LoopConfig = config["loop"]
     p: TrainTokenizerParams = loop.train
     worker = start_worker(loop)
@@ -106,24 +108,23 @@ def train_loop(config: dict) -> None:
     discriminator = ray.train.torch.prepare_model(models.discriminator)
 
     seed = loop.seed + 1000 * rank
-    has_images = loop.data["has_images"] and p.image_every > 0
+    arrays = worker_arrays(loop, rank)  # uint8 videos [N, T, H, W, 3], images [M, 1, H, W, 3]
+    has_images = "images" in arrays and p.image_every > 0
     image_steps_done = step // p.image_every if has_images else 0  # steps s % k == k - 1
-    shard = ray.train.get_dataset_shard("videos")
-    videos = map(
-        batch_frames,
-        endless_batches(
-            shard, p.batch_size, seed, loop.shuffle_buffer, skip=step - image_steps_done
-        ),
+    videos = (
+        arrays["videos"][index]
+        for index in endless_batches(
+            len(arrays["videos"]), p.batch_size, seed, skip=step - image_steps_done
+        )
     )
     images = None
     if has_images:
-        shard = ray.train.get_dataset_shard("images")
-        images = map(
-            batch_frames,
-            endless_batches(
-                shard, p.image_batch_size, seed, loop.shuffle_buffer, drop_last=False,
+        images = (
+            arrays["images"][index]
+            for index in endless_batches(
+                len(arrays["images"]), p.image_batch_size, seed, drop_last=False,
                 skip=image_steps_done,
-            ),
+            )
         )  # fmt: skip
     bf16 = use_bf16(p.bf16, device)
     val_clips = loop.data["val_clips"]
