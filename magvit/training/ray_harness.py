@@ -328,11 +328,17 @@ def endless_batches(
         )
     end = count - count % batch_size if drop_last else count
     batches = (
-        np.random.default_rng([seed, epoch]).permutation(count)[start : start + batch_size]
-        for epoch in itertools.count()
+        order[start : start + batch_size]
+        for order in _epoch_orders(count, seed)
         for start in range(0, end, batch_size)
     )
     return itertools.islice(batches, skip, None)
+
+
+def _epoch_orders(count: int, seed: int) -> Iterator[np.ndarray]:
+    """One permutation of `count` rows per epoch, drawn once from (seed, epoch)."""
+    for epoch in itertools.count():
+        yield np.random.default_rng([seed, epoch]).permutation(count)
 
 
 def step_seed(*parts: int) -> int:
